@@ -1,0 +1,86 @@
+"""Shared terminal output: messages and progress on stderr, results on stdout."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr = Console(stderr=True)
+_debug = os.environ.get("STYLIZE_DEBUG", "") not in ("", "0")
+
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Do not show progress bars or messages.")
+]
+
+
+def set_debug(value: bool) -> None:
+    global _debug
+    _debug = _debug or value
+
+
+def debug_enabled() -> bool:
+    return _debug
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def info(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        stderr.print(message, highlight=False, soft_wrap=True)
+
+
+def result(text: str) -> None:
+    """A result (a written path, a table for scripts) goes to stdout, unstyled."""
+    typer.echo(text)
+
+
+ProgressCallback = Callable[..., None]
+
+
+@contextmanager
+def progress(description: str, total: float | None, quiet: bool = False,
+             fields: str = "") -> Iterator[ProgressCallback]:
+    """Yields `update(completed, total=None, **values)`; `fields` is a format string of values
+    shown after the bar (for example "loss {loss:.3g}")."""
+    if quiet:
+        yield lambda *args, **kwargs: None
+        return
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    if fields:
+        columns.append(TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task(description, total=total, status="")
+
+        def update(completed: float, total: float | None = None, **values: object) -> None:
+            status = fields.format(**values) if fields and values else ""
+            if total is not None:
+                bar.update(task, completed=completed, total=total, status=status)
+            else:
+                bar.update(task, completed=completed, status=status)
+
+        yield update

@@ -1,0 +1,1 @@
+"""The model store: catalog, downloads, checksums, imports and conversions."""
