@@ -72,16 +72,20 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
     """Writes a small smooth test image and returns its path."""
     from PIL import Image
 
-    def make(name: str = "image.png", size: tuple[int, int] = (48, 32), mode: str = "RGB",
-             seed: int = 0) -> Path:
+    def make(
+        name: str = "image.png", size: tuple[int, int] = (48, 32), mode: str = "RGB", seed: int = 0
+    ) -> Path:
         import numpy as np
 
         rng = np.random.default_rng(seed)
         width, height = size
         y, x = np.mgrid[0:height, 0:width]
         base = np.stack(
-            [x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1),
-             (x + y) * 127 / max(width + height - 2, 1)],
+            [
+                x * 255 / max(width - 1, 1),
+                y * 255 / max(height - 1, 1),
+                (x + y) * 127 / max(width + height - 2, 1),
+            ],
             axis=-1,
         )
         pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype("uint8")

@@ -57,8 +57,9 @@ ProgressCallback = Callable[..., None]
 
 
 @contextmanager
-def progress(description: str, total: float | None, quiet: bool = False,
-             fields: str = "") -> Iterator[ProgressCallback]:
+def progress(
+    description: str, total: float | None, quiet: bool = False, fields: str = ""
+) -> Iterator[ProgressCallback]:
     """Yields `update(completed, total=None, **values)`; `fields` is a format string of values
     shown after the bar (for example "loss {loss:.3g}")."""
     if quiet:
