@@ -1,0 +1,233 @@
+"""Reading, resizing, converting and writing images.
+
+Everything is normalized to 8-bit sRGB on the way in. torch is imported only by the tensor
+helpers, so the CLI can validate paths and read images before paying for it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from stylize.errors import StylizeError
+
+if TYPE_CHECKING:
+    import torch
+
+# Formats Pillow recognizes but cannot decode on its own (stubs that need a registered handler,
+# MPEG headers only, EPS needs Ghostscript, WMF needs Windows): a folder scan skips them.
+_UNDECODABLE_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "MPEG", "EPS", "WMF"})
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    suffix
+    for suffix, format_name in Image.registered_extensions().items()
+    if format_name in Image.OPEN and format_name not in _UNDECODABLE_FORMATS
+)
+
+_OUTPUT_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+OUTPUT_SUFFIXES: frozenset[str] = frozenset(_OUTPUT_FORMATS)
+_ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_SAVE_OPTIONS: dict[str, dict[str, object]] = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as the engine sees it: `rgb` is 8-bit sRGB, upright, flattened onto white;
+    `alpha` ("L") is the transparency it had, if any, to re-attach on output."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None
+    path: Path
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Reads any image Pillow can decode and normalizes it (see LoadedImage)."""
+    path = Path(path)
+    if not path.exists():
+        raise StylizeError(f"image not found: {path}")
+    if not path.is_file():
+        raise StylizeError(f"not an image file: {path}")
+    try:
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that and raises beyond; both refuse.
+        # Image.open only reads the header, so the size is checked before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                upright = ImageOps.exif_transpose(opened)
+                icc_profile = opened.info.get("icc_profile")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise StylizeError(f"refusing to read {path}: {error}") from None
+    except UnidentifiedImageError:
+        raise StylizeError(f"cannot read {path}: not an image format Pillow can decode") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        # Pillow reports corrupt and truncated files as OSError, some plugins as ValueError or
+        # SyntaxError.
+        raise StylizeError(f"cannot read {path}: {error}") from None
+    color, alpha = _split_alpha(upright)
+    rgb = _to_srgb(color, icc_profile)
+    if alpha is not None:
+        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, "white"), alpha)
+    return LoadedImage(rgb=rgb, alpha=alpha, path=path)
+
+
+def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """The color channels in a mode ICC transforms accept (L, RGB, CMYK, ...) and the alpha."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _split_sixteen_bit(image)
+    if image.mode in ("LA", "La"):
+        return image.convert("L"), image.convert("LA").getchannel("A")
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return (image.convert("RGB") if image.mode == "P" else image), None
+    rgba = image.convert("RGBA")
+    # L and RGB keep their mode (a color-key transparency) so their ICC profile still applies.
+    color = image if image.mode in ("L", "RGB") else rgba.convert("RGB")
+    return color, rgba.getchannel("A")
+
+
+def _split_sixteen_bit(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    # 16-bit grayscale opens as "I;16" or "I" with values 0-65535, and Pillow's own conversion
+    # to "L" clips at 255 instead of scaling.
+    values = np.asarray(image).astype(np.int64)
+    gray = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8))
+    key = image.info.get("transparency")
+    if not isinstance(key, int):
+        return gray, None
+    return gray, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
+
+
+def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    if icc_profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            # A broken profile, or one that does not match the pixel format, is ignored, as
+            # image viewers do.
+            pass
+    return image.convert("RGB")
+
+
+def find_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` (and its subfolders if `recursive`), by suffix, sorted.
+    Hidden files and folders (names starting with ".") are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StylizeError(f"not a folder: {folder}")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def resize_long_edge(image: Image.Image, long_edge: int) -> Image.Image:
+    """Scales `image` so its longer side is `long_edge` pixels, keeping the aspect ratio."""
+    if long_edge < 1:
+        raise StylizeError(f"image size must be at least 1 pixel, got {long_edge}")
+    width, height = image.size
+    scale = long_edge / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return _resize(image, size)
+
+
+def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if image.size == size:
+        return image.copy()
+    shrinking = size[0] * size[1] < image.width * image.height
+    return image.resize(size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+
+
+def to_tensor(image: Image.Image, device: torch.device | str | None = None) -> torch.Tensor:
+    """A (1, 3, H, W) float32 tensor with values in [0, 1]."""
+    import torch
+
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+    # Move the 8-bit pixels and convert on the device: a quarter of the float32 transfer.
+    pixels = pixels.to(device).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return pixels.to(torch.float32).div_(255)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """An RGB image from a (1, 3, H, W) or (3, H, W) tensor in [0, 1] (values outside clamp)."""
+    import torch
+
+    shape = tuple(tensor.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 3 or tensor.shape[0] != 3:
+        raise ValueError(
+            f"expected an image tensor of shape (1, 3, H, W) or (3, H, W), got {shape}"
+        )
+    pixels = tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def check_output_path(path: Path, *, overwrite: bool) -> None:
+    """Fails unless `save_image(..., path, overwrite=overwrite)` can write there."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise StylizeError(
+            f"cannot write {path}: unsupported image type '{path.suffix or '(none)'}'; "
+            f"use one of {', '.join(sorted(OUTPUT_SUFFIXES))}"
+        )
+    if not path.parent.is_dir():
+        raise StylizeError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise StylizeError(f"cannot write {path}: it is a folder")
+    if path.exists() and not overwrite:
+        raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def save_image(
+    image: Image.Image,
+    path: Path,
+    *,
+    alpha: Image.Image | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes `image` atomically in the format its suffix names. `alpha` is resized to the image
+    and re-attached where the format has transparency (PNG, WebP, TIFF), dropped for JPEG."""
+    path = Path(path)
+    check_output_path(path, overwrite=overwrite)
+    format_name = _OUTPUT_FORMATS[path.suffix.lower()]
+    image = image.convert("RGB")
+    if alpha is not None and format_name in _ALPHA_FORMATS:
+        image.putalpha(_resize(alpha.convert("L"), image.size))
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # Created by open() rather than mkstemp so the file gets the usual umask permissions.
+        with open(temporary, "xb") as file:
+            image.save(file, format=format_name, **_SAVE_OPTIONS.get(format_name, {}))
+        # Checked again: another process may have written the file while this one encoded.
+        if path.exists() and not overwrite:
+            raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+        os.replace(temporary, path)
+    except (OSError, ValueError) as error:
+        # Pillow reports encoder limits (a WebP over 16383 pixels, say) as OSError or ValueError.
+        raise StylizeError(f"cannot write {path}: {error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
