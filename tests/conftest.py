@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
+
+if TYPE_CHECKING:
+    from stylize.store.catalog import CatalogEntry
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +116,175 @@ def cli() -> Callable[..., object]:
         return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return run
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 serving files from `root`, able to misbehave on
+    request: redirect, fail with a status, hang (for timeouts) or send slowly. `requests`
+    counts GET requests by path."""
+
+    def __init__(self, root: Path) -> None:
+        import threading
+        from collections import Counter
+        from http.server import ThreadingHTTPServer
+
+        self.root = root
+        self.requests: Counter[str] = Counter()
+        self._redirects: dict[str, str] = {}
+        self._failures: dict[str, int] = {}
+        self._hangs: dict[str, int] = {}
+        self._slow: dict[str, float] = {}
+        self._release = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalHandler)
+        self._server.daemon_threads = True
+        self._server.owner = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+    def add(self, path: str, content: bytes | Path) -> str:
+        """Serves `content` at `path`; returns its URL."""
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copyfile(content, target)
+        else:
+            target.write_bytes(content)
+        return self.url(path)
+
+    def redirect(self, path: str, location: str) -> str:
+        self._redirects[path] = location
+        return self.url(path)
+
+    def fail(self, path: str, status: int) -> str:
+        self._failures[path] = status
+        return self.url(path)
+
+    def hang(self, path: str, after_bytes: int = 0) -> str:
+        """Requests for `path` stall after `after_bytes` bytes of the body until the server stops
+        (with no headers at all when `after_bytes` is 0)."""
+        self._hangs[path] = after_bytes
+        return self.url(path)
+
+    def slow(self, path: str, seconds: float) -> str:
+        """The body of `path` trickles out over about `seconds`."""
+        self._slow[path] = seconds
+        return self.url(path)
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _LocalHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        import time
+        from urllib.parse import urlsplit
+
+        owner: LocalServer = self.server.owner  # type: ignore[attr-defined]
+        path = urlsplit(self.path).path.lstrip("/")
+        owner.requests[path] += 1
+        if path in owner._redirects:
+            self.send_response(302)
+            self.send_header("Location", owner._redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if path in owner._failures:
+            self.send_error(owner._failures[path])
+            return
+        file = owner.root / path
+        if not file.is_file():
+            self.send_error(404)
+            return
+        data = file.read_bytes()
+        if owner._hangs.get(path) == 0:
+            owner._release.wait()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            if path in owner._hangs:
+                self.wfile.write(data[: owner._hangs[path]])
+                self.wfile.flush()
+                owner._release.wait()
+            elif path in owner._slow:
+                pieces = 20
+                step = -(-len(data) // pieces)
+                for start in range(0, len(data), step):
+                    self.wfile.write(data[start : start + step])
+                    self.wfile.flush()
+                    time.sleep(owner._slow[path] / pieces)
+            else:
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """A local HTTP server for download tests; see LocalServer."""
+    server = LocalServer(tmp_path_factory.mktemp("served"))
+    yield server
+    server.close()
+
+
+class LocalCatalog:
+    """The model catalog as tests see it: empty until entries are served or added."""
+
+    def __init__(self, server: LocalServer) -> None:
+        self.server = server
+        self.entries: dict[str, CatalogEntry] = {}
+
+    def serve(
+        self, name: str, file: Path, *, kind: str = "style", license: str = "test-license"
+    ) -> CatalogEntry:
+        """Serves `file` over HTTP and lists it as the catalog entry `name` with its real
+        checksum and size."""
+        import hashlib
+
+        from stylize.store.catalog import CatalogEntry
+
+        data = file.read_bytes()
+        entry = CatalogEntry(
+            name=name,
+            kind=kind,
+            url=self.server.add(f"files/{file.name}", file),
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            license=license,
+            description=f"test entry {name}",
+            file_name=file.name,
+        )
+        return self.add(entry)
+
+    def add(self, entry: CatalogEntry) -> CatalogEntry:
+        self.entries[entry.name] = entry
+        return entry
+
+
+@pytest.fixture
+def local_catalog(http_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> LocalCatalog:
+    """Replaces the packaged catalog with test entries served by `http_server`, so no test
+    reaches the internet: `local_catalog.serve("candy", path)` then `pull("candy")`."""
+    from stylize.store import catalog
+
+    local = LocalCatalog(http_server)
+    monkeypatch.setattr(catalog, "load_catalog", lambda: dict(local.entries))
+    monkeypatch.setenv("STYLIZE_DOWNLOAD_TIMEOUT", "5")
+    return local

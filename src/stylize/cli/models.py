@@ -1,8 +1,171 @@
-"""`stylize models`: the model store."""
+"""`stylize models`: list, download, import, inspect and remove models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from stylize.cli import _console
+from stylize.errors import StylizeError
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def _valid_name(name: str | None) -> str | None:
+    from stylize.store.registry import validate_name
+
+    if name is None:
+        return None
+    try:
+        return validate_name(name)
+    except StylizeError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+NameArgument = Annotated[
+    str, typer.Argument(metavar="NAME", callback=_valid_name, help="The model's name.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.command("list")
+def list_models(as_json: JsonOption = False) -> None:
+    """List catalog entries and installed models."""
+    from rich import box
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Column, Table
+
+    from stylize.store import registry
+
+    rows = registry.list_models()
+    if as_json:
+        _console.result(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    table = Table(
+        # The name is what users type next, so it is never shortened.
+        Column("name", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4)),
+        *(Column(header, no_wrap=True) for header in ("kind", "source", "installed")),
+        Column("size", no_wrap=True, justify="right"),
+        Column("license", no_wrap=True),
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption="(size): download size of a model not yet installed",
+    )
+    for row in rows:
+        if row.size is not None:
+            size = decimal(row.size)
+        else:
+            size = f"({decimal(row.download_size)})" if row.download_size else ""
+        table.add_row(
+            row.name, row.kind, row.source, "yes" if row.installed else "no", size, row.license
+        )
+    Console(highlight=False, markup=False).print(table)
+    for row in rows:
+        if row.problem:
+            _console.warn(row.problem)
+
+
+@app.command("pull")
+def pull(
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Catalog entries.")],
+    quiet: _console.QuietOption = False,
+) -> None:
+    """Download and install catalog entries (see 'stylize models list')."""
+    from stylize.store import catalog, registry
+
+    entries = catalog.load_catalog()
+    unknown = [name for name in names if name not in entries]
+    if unknown:
+        raise typer.BadParameter(
+            f"not in the catalog: {', '.join(unknown)} (available: {', '.join(entries)})",
+            param_hint="NAME",
+        )
+    for name in names:
+        path = registry.model_path(name)
+        if path.exists():
+            _console.info(f"{name} is already installed", quiet)
+        else:
+            with _download_progress(f"Downloading {name}", entries[name].size, quiet) as update:
+                path = registry.pull(name, update)
+            _console.info(f"Installed {name}", quiet)
+        _console.result(str(path))
+
+
+@app.command("import")
+def import_model(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="A torchvision VGG19 state dict, or a style model (native, .pth or ONNX).",
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", callback=_valid_name, help="Store name (default: vgg19, or the file name)."
+        ),
+    ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option("--trust", help="Accept a VGG19 whose checksum differs from the published."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an installed model of that name.")
+    ] = False,
+) -> None:
+    """Register a local model file in the store; its kind is detected from its contents."""
+    from rich.markup import escape
+
+    from stylize.store import registry
+    from stylize.store.modelfile import read_model_meta
+
+    imported = registry.import_model(path, name, trust=trust, overwrite=overwrite)
+    installed = registry.model_path(imported)
+    meta = read_model_meta(installed)
+    if meta.get("trusted") is False:
+        _console.warn(
+            f"{escape(path.name)} is not torchvision's published VGG19 (its checksum differs); "
+            "it will be used, but results will differ from the reference weights"
+        )
+    _console.info(f"Imported {imported} ({meta['kind']})")
+    _console.result(str(installed))
+
+
+@app.command("info")
+def info(name: NameArgument, as_json: JsonOption = False) -> None:
+    """Show everything known about a model: file, checksum, license, metadata."""
+    from stylize.store.registry import describe_model
+
+    description = describe_model(name)
+    if as_json:
+        _console.result(json.dumps(description, indent=2))
+        return
+    for key, value in description.items():
+        if isinstance(value, dict) and value:
+            _console.result(f"{key}:")
+            for inner_key, inner_value in value.items():
+                _console.result(f"  {inner_key}: {_plain(inner_value)}")
+        else:
+            _console.result(f"{key}: {_plain(value)}")
+
+
+@app.command("remove")
+def remove(name: NameArgument) -> None:
+    """Delete an installed model (catalog entries can be pulled again)."""
+    from stylize.store.registry import remove_model
+
+    remove_model(name)
+    _console.info(f"Removed {name}")
 
 
 @app.command("path")
@@ -10,4 +173,45 @@ def path() -> None:
     """Print the store folder."""
     from stylize.store.paths import data_dir
 
-    typer.echo(str(data_dir()))
+    _console.result(str(data_dir()))
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value)
+
+
+@contextmanager
+def _download_progress(description: str, total: int, quiet: bool) -> Iterator[Any]:
+    """A byte-counting progress bar on stderr, as a store `on_progress` callback."""
+    if quiet:
+        yield lambda *args, **kwargs: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_console.stderr) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(completed: float, total: float | None = None, **values: object) -> None:
+            bar.update(task, completed=completed, total=total)
+
+        yield update

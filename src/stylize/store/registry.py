@@ -1,0 +1,363 @@
+"""Installed models: names, imports, catalog pulls, removal, and the VGG19 loss network.
+
+torch is imported only by the functions that read or convert tensors, so listing and describing
+models stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stylize.errors import StylizeError
+from stylize.store import catalog
+from stylize.store.download import fetched, file_sha256
+from stylize.store.modelfile import (
+    read_header,
+    read_model_file,
+    read_model_meta,
+    read_tensors,
+    write_model_file,
+)
+from stylize.store.paths import cache_dir, models_dir
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+VGG19 = "vgg19"
+SOURCES = ("catalog", "trained", "imported")
+_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# features.28 is conv5_1, the deepest layer the losses use; later layers are dropped.
+_VGG19_LAST_LAYER = 28
+
+ProgressCallback = Callable[..., None]
+
+
+def validate_name(name: str) -> str:
+    """`name` when it is a valid model name, else StylizeError."""
+    if not _NAME_PATTERN.fullmatch(name):
+        raise StylizeError(
+            f"invalid model name {name!r}: use up to 64 lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def model_path(name: str) -> Path:
+    """Where the model `name` is (or would be) installed."""
+    return models_dir() / f"{validate_name(name)}.safetensors"
+
+
+def install_model(
+    name: str, tensors: Mapping[str, Tensor], meta: Mapping[str, Any], *, overwrite: bool = False
+) -> Path:
+    """Writes a native model file into the store; `meta` needs `kind` and `source`."""
+    path = model_path(name)
+    _refuse_existing(name, overwrite)
+    if meta.get("source") not in SOURCES:
+        raise StylizeError(f"cannot install {name!r}: unknown source {meta.get('source')!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full_meta = {"license": "", "description": "", **meta, "name": name}
+    return write_model_file(path, tensors, full_meta, overwrite=overwrite)
+
+
+def import_model(
+    path: Path, name: str | None = None, *, trust: bool = False, overwrite: bool = False
+) -> str:
+    """Registers a local model file under `name` and returns the name.
+
+    A torchvision VGG19 state dict becomes the loss network (default name `vgg19`); it is refused
+    when its checksum differs from the published weights unless `trust` is set. Any other file
+    must be a transform network that `stylize.store.styles.convert_style_file` understands.
+    """
+    path = Path(path)
+    if name is not None:
+        _refuse_existing(validate_name(name), overwrite)
+    if not path.is_file():
+        raise StylizeError(f"{path} does not exist or is not a file")
+    state = _read_state_dict(path)
+    if state is not None and _is_vgg_layout(state):
+        return _import_vgg19(path, state, name or VGG19, trust=trust, overwrite=overwrite)
+
+    from stylize.store.styles import convert_style_file
+
+    tensors, meta = convert_style_file(path)
+    target = name or _name_from_file(path)
+    meta = {**meta, "source": "imported", "original_sha256": file_sha256(path)}
+    install_model(target, tensors, meta, overwrite=overwrite)
+    return target
+
+
+def remove_model(name: str) -> None:
+    path = model_path(name)
+    if not path.exists():
+        raise StylizeError(f"no model named {name!r} is installed (see 'stylize models list')")
+    path.unlink()
+
+
+def pull(name: str, on_progress: ProgressCallback | None = None) -> Path:
+    """Downloads, verifies, converts and installs the catalog entry `name`; returns its file.
+
+    An installed model is left as it is. `on_progress(completed_bytes, total_bytes)` follows the
+    download (or the checksum of a file found in torch hub's cache).
+    """
+    entries = catalog.load_catalog()
+    entry = entries.get(name)
+    if entry is None:
+        raise StylizeError(f"{name!r} is not in the catalog (available: {', '.join(entries)})")
+    path = model_path(name)
+    with _locked(name):
+        if path.exists():
+            return path
+        with fetched(entry, on_progress) as (file, sha256):
+            if entry.kind == "loss-network":
+                tensors = vgg19_features(_read_state_dict(file) or {}, file)
+                meta: dict[str, Any] = {"kind": "loss-network", "trusted": True}
+            else:
+                from stylize.store.styles import convert_style_file
+
+                tensors, meta = convert_style_file(file)
+            meta = {
+                **meta,
+                "source": "catalog",
+                "license": entry.license,
+                "description": entry.description,
+                "original_sha256": sha256,
+            }
+            return install_model(name, tensors, meta)
+
+
+def load_vgg19_weights(on_progress: ProgressCallback | None = None) -> dict[str, Tensor]:
+    """The validated VGG19 convolution weights up to conv5_1, pulling `vgg19` when missing."""
+    path = model_path(VGG19)
+    if not path.exists():
+        try:
+            pull(VGG19, on_progress)
+        except StylizeError as error:
+            raise StylizeError(
+                f"the VGG19 loss network is not installed and could not be downloaded ({error}); "
+                "download vgg19-dcbb9e9d.pth on a machine with internet access and run "
+                "'stylize models import vgg19-dcbb9e9d.pth', or set STYLIZE_MODEL_MIRROR"
+            ) from None
+    tensors, meta = read_model_file(path)
+    if meta["kind"] != "loss-network":
+        raise StylizeError(f"{path} is not a loss network; remove it with 'stylize models remove'")
+    return vgg19_features(tensors, path)
+
+
+def vgg19_features(state: Mapping[str, Any], source: Path) -> dict[str, Tensor]:
+    """The convolution weights up to conv5_1 from a torchvision VGG19 state dict, as float32.
+
+    Every kept tensor is checked against torchvision's VGG19 definition (configuration "E").
+    """
+    import torch
+
+    kept: dict[str, Tensor] = {}
+    for key, shape in _vgg19_shapes().items():
+        tensor = state.get(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise StylizeError(f"{source} is not a VGG19 state dict: {key} is missing")
+        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            raise StylizeError(
+                f"{source} is not a VGG19 state dict: {key} has shape {tuple(tensor.shape)} "
+                f"({tensor.dtype}), expected {shape} floats"
+            )
+        kept[key] = tensor.to(torch.float32).contiguous()
+    return kept
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """One row of `stylize models list`: a catalog entry, an installed model, or both."""
+
+    name: str
+    kind: str
+    source: str
+    installed: bool
+    size: int | None
+    download_size: int | None
+    license: str
+    description: str
+    path: str | None
+    problem: str | None = None
+
+
+def list_models() -> list[ModelListing]:
+    """Catalog entries (in catalog order) merged with installed models (by name)."""
+    entries = catalog.load_catalog()
+    installed = _installed_files()
+    rows = []
+    for name in [*entries, *sorted(set(installed) - set(entries))]:
+        entry = entries.get(name)
+        path = installed.get(name)
+        problem = None
+        if path is None:
+            meta = _catalog_meta(entries[name])
+        else:
+            try:
+                meta = read_model_meta(path)
+            except StylizeError as error:
+                meta, problem = {}, str(error)
+        rows.append(
+            ModelListing(
+                name=name,
+                kind=meta.get("kind", "?"),
+                source=meta.get("source", "?"),
+                installed=path is not None,
+                size=path.stat().st_size if path is not None else None,
+                download_size=entry.size if entry else None,
+                license=meta.get("license", ""),
+                description=meta.get("description", ""),
+                path=str(path) if path is not None else None,
+                problem=problem,
+            )
+        )
+    return rows
+
+
+def describe_model(name: str) -> dict[str, Any]:
+    """Everything known about `name`: file, checksum, metadata and its catalog entry."""
+    path = model_path(name)
+    entry = catalog.load_catalog().get(name)
+    installed = path.exists()
+    if not installed and entry is None:
+        raise StylizeError(
+            f"no model named {name!r} is installed or in the catalog (see 'stylize models list')"
+        )
+    meta = read_model_meta(path) if installed else {}
+    # An installed file speaks for itself: an import may not carry the catalog's license.
+    shown = meta if installed or entry is None else _catalog_meta(entry)
+    return {
+        "name": name,
+        "kind": shown["kind"],
+        "source": shown.get("source", "?"),
+        "installed": installed,
+        "path": str(path) if installed else None,
+        "size": path.stat().st_size if installed else None,
+        "sha256": file_sha256(path) if installed else None,
+        "license": shown.get("license", ""),
+        "description": shown.get("description", ""),
+        "metadata": meta,
+        "catalog": None
+        if entry is None
+        else {
+            "url": entry.url,
+            "file_name": entry.file_name,
+            "sha256": entry.sha256,
+            "size": entry.size,
+        },
+    }
+
+
+def _catalog_meta(entry: catalog.CatalogEntry) -> dict[str, Any]:
+    """What the store shows for a catalog entry that is not installed."""
+    return {
+        "kind": entry.kind,
+        "source": "catalog",
+        "license": entry.license,
+        "description": entry.description,
+    }
+
+
+def _refuse_existing(name: str, overwrite: bool) -> None:
+    if not overwrite and model_path(name).exists():
+        raise StylizeError(
+            f"a model named {name!r} is already installed "
+            "(choose another name with --name, or replace it with --overwrite)"
+        )
+
+
+def _installed_files() -> dict[str, Path]:
+    folder = models_dir()
+    if not folder.is_dir():
+        return {}
+    return {
+        file.stem: file
+        for file in sorted(folder.glob("*.safetensors"))
+        if _NAME_PATTERN.fullmatch(file.stem)
+    }
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Serializes pulls of one entry across processes, so a second one finds it installed."""
+    from filelock import FileLock
+
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / f"{name}.lock"):
+        yield
+
+
+def _read_state_dict(path: Path) -> Mapping[str, Any] | None:
+    """The file's tensors by name, through the safe readers only; None when they cannot tell."""
+    try:
+        read_header(path)
+    except StylizeError:
+        pass
+    else:
+        return read_tensors(path)
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # Not a pickle the restricted loader accepts; it may still be an ONNX or other model.
+        return None
+    return loaded if isinstance(loaded, Mapping) else None
+
+
+def _is_vgg_layout(state: Mapping[str, Any]) -> bool:
+    return "features.0.weight" in state
+
+
+def _import_vgg19(
+    path: Path, state: Mapping[str, Any], name: str, *, trust: bool, overwrite: bool
+) -> str:
+    _refuse_existing(validate_name(name), overwrite)
+    published = catalog.load_catalog().get(VGG19)
+    sha256 = file_sha256(path)
+    meta: dict[str, Any] = {"kind": "loss-network", "source": "imported", "original_sha256": sha256}
+    if published is not None and published.checksum_matches(sha256):
+        meta.update(trusted=True, license=published.license, description=published.description)
+    elif trust:
+        description = f"VGG19 imported from {path.name} (not torchvision's published weights)"
+        meta.update(trusted=False, description=description)
+    else:
+        expected = published.sha256[:16] if published else "unknown"
+        raise StylizeError(
+            f"{path} is a VGG19 whose sha256 {sha256[:16]}... differs from torchvision's "
+            f"published weights ({expected}...), so results would differ; "
+            "pass --trust to import it anyway"
+        )
+    install_model(name, vgg19_features(state, path), meta, overwrite=overwrite)
+    return name
+
+
+def _vgg19_shapes() -> dict[str, tuple[int, ...]]:
+    from torchvision.models.vgg import cfgs
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    index, channels = 0, 3
+    for layer in cfgs["E"]:
+        if index > _VGG19_LAST_LAYER:
+            break
+        if layer == "M":
+            index += 1
+            continue
+        shapes[f"features.{index}.weight"] = (int(layer), channels, 3, 3)
+        shapes[f"features.{index}.bias"] = (int(layer),)
+        channels = int(layer)
+        index += 2  # a convolution and its ReLU
+    return shapes
+
+
+def _name_from_file(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-_")[:64]
+    if not name:
+        raise StylizeError(f"cannot derive a model name from {path.name}; pass --name")
+    return name
