@@ -9,13 +9,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 stderr = Console(stderr=True)
@@ -36,16 +39,16 @@ def debug_enabled() -> bool:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str, quiet: bool = False) -> None:
     if not quiet:
-        stderr.print(message, highlight=False, soft_wrap=True)
+        stderr.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def result(text: str) -> None:
@@ -83,5 +86,29 @@ def progress(
                 bar.update(task, completed=completed, total=total, status=status)
             else:
                 bar.update(task, completed=completed, status=status)
+
+        yield update
+
+
+@contextmanager
+def download_progress(
+    description: str, total: int | None, quiet: bool = False
+) -> Iterator[ProgressCallback]:
+    """A byte-counting progress bar (size, speed, ETA), as a store `on_progress` callback."""
+    if quiet:
+        yield lambda *args, **kwargs: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(completed: float, total: float | None = None, **values: object) -> None:
+            bar.update(task, completed=completed, total=total)
 
         yield update

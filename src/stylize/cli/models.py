@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,7 +91,9 @@ def pull(
         if path.exists():
             _console.info(f"{name} is already installed", quiet)
         else:
-            with _download_progress(f"Downloading {name}", entries[name].size, quiet) as update:
+            with _console.download_progress(
+                f"Downloading {name}", entries[name].size, quiet
+            ) as update:
                 path = registry.pull(name, update)
             _console.info(f"Installed {name}", quiet)
         _console.result(str(path))
@@ -184,34 +184,3 @@ def _plain(value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     return json.dumps(value)
-
-
-@contextmanager
-def _download_progress(description: str, total: int, quiet: bool) -> Iterator[Any]:
-    """A byte-counting progress bar on stderr, as a store `on_progress` callback."""
-    if quiet:
-        yield lambda *args, **kwargs: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=_console.stderr) as bar:
-        task = bar.add_task(description, total=total)
-
-        def update(completed: float, total: float | None = None, **values: object) -> None:
-            bar.update(task, completed=completed, total=total)
-
-        yield update
