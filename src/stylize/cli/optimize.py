@@ -1,7 +1,344 @@
-"""`stylize optimize` (being built; see the open issue)."""
+"""`stylize optimize`: stylize one image by optimizing its pixels (Gatys et al.)."""
 
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import ExitStack
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
+
+import typer
+
+from stylize.cli import _console
 from stylize.errors import StylizeError
 
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
 
-def optimize() -> None:
-    raise StylizeError("'stylize optimize' is not available yet in this version")
+    from stylize.engine.gatys import GatysTransfer
+
+INTERRUPTED_EXIT_CODE = 130
+_INIT_KEYWORDS = ("content", "noise", "style")
+_DEFAULT_STYLE_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+
+
+class Optimizer(str, Enum):
+    lbfgs = "lbfgs"
+    adam = "adam"
+
+
+class Pooling(str, Enum):
+    max = "max"
+    avg = "avg"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def optimize(
+    content: Annotated[
+        Path, typer.Argument(metavar="CONTENT", help="The photo to stylize.", show_default=False)
+    ],
+    styles: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="STYLE", help="One or more style images (artworks).", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Where to write the result (.png, .jpg, .webp, .tif)."),
+    ],
+    size: Annotated[int, typer.Option(min=1, help="Long edge of the output in pixels.")] = 512,
+    style_scale: Annotated[
+        float, typer.Option(help="Size of the style images relative to the output.")
+    ] = 1.0,
+    style_blend: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights of several style images, e.g. 0.7,0.3 (normalized; equal by default).",
+            show_default=False,
+        ),
+    ] = None,
+    iterations: Annotated[
+        int, typer.Option(min=1, help="Iterations in total, over all scales.")
+    ] = 500,
+    optimizer: Annotated[Optimizer, typer.Option(help="L-BFGS or Adam.")] = Optimizer.lbfgs,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Adam's step size in pixel values (0-1); 0.02 if not given."),
+    ] = None,
+    content_weight: Annotated[float, typer.Option(help="Weight of the content loss.")] = 1.0,
+    style_weight: Annotated[float, typer.Option(help="Weight of the style loss.")] = 1.0,
+    tv_weight: Annotated[
+        float, typer.Option(help="Weight of the smoothness (total variation) loss.")
+    ] = 5.0,
+    content_layers: Annotated[
+        str, typer.Option(help="VGG19 layers that carry the content, comma-separated.")
+    ] = "relu4_2",
+    style_layers: Annotated[
+        str, typer.Option(help="VGG19 layers that carry the style, comma-separated.")
+    ] = _DEFAULT_STYLE_LAYERS,
+    pooling: Annotated[Pooling, typer.Option(help="VGG19 pooling: max or avg.")] = Pooling.max,
+    init: Annotated[
+        str, typer.Option(help="Start from: content, noise, style, or an image file.")
+    ] = "content",
+    scales: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Coarse-to-fine scales, each twice the size of the one before "
+            "(default: enough to start near 256 px).",
+            show_default=False,
+        ),
+    ] = None,
+    preserve_color: Annotated[
+        bool, typer.Option("--preserve-color", help="Keep the content photo's colors.")
+    ] = False,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Also write the image every N iterations, as OUT-STEM.NNNN.SUFFIX.",
+            show_default=False,
+        ),
+    ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(help="Write the losses of every iteration to this file, as JSON lines."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (for --init noise).", show_default=False)
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(help="Arithmetic for the VGG19 passes; auto uses bf16/fp16 where fast."),
+    ] = Precision.auto,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT and other outputs if they exist.")
+    ] = False,
+    quiet: _console.QuietOption = False,
+) -> None:
+    """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
+    from stylize.engine import imageio
+    from stylize.engine.device import pick_device, resolve_precision
+    from stylize.engine.gatys import GatysSettings, GatysTransfer
+
+    if lr is not None and optimizer is not Optimizer.adam:
+        raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="--lr")
+    settings = GatysSettings(
+        size=size,
+        style_scale=style_scale,
+        style_blend=_parse_blend(style_blend),
+        iterations=iterations,
+        optimizer=optimizer.value,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        content_layers=_parse_layers(content_layers, "--content-layers"),
+        style_layers=_parse_layers(style_layers, "--style-layers"),
+        pooling=pooling.value,
+        init=init if init in _INIT_KEYWORDS else "image",
+        scales=scales,
+        preserve_color=preserve_color,
+        seed=seed,
+        lr=GatysSettings.lr if lr is None else lr,
+    )
+    content_image = imageio.load_image(content)
+    style_images = [imageio.load_image(path).rgb for path in styles]
+    init_image = None if init in _INIT_KEYWORDS else _load_init(init)
+    imageio.check_output_path(output, overwrite=overwrite)
+    chosen_device = pick_device(device)
+    autocast_dtype = resolve_precision(chosen_device, precision.value)
+    transfer = GatysTransfer(
+        content_image.rgb,
+        style_images,
+        settings,
+        device=chosen_device,
+        autocast_dtype=autocast_dtype,
+        init_image=init_image,
+    )
+    snapshot_every = save_every or 0
+    _check_snapshot_paths(output, sum(transfer.iterations), snapshot_every, overwrite)
+
+    def save(image: Tensor, path: Path) -> Path:
+        return imageio.save_image(
+            imageio.to_image(image), path, alpha=content_image.alpha, overwrite=overwrite
+        )
+
+    with ExitStack() as stack:
+        trace_file = stack.enter_context(_open_trace(trace, overwrite)) if trace else None
+        report = stack.enter_context(_Report(quiet, trace_file))
+        width, height = transfer.sizes[-1]
+        arithmetic = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "float32"
+        _console.info(
+            f"optimizing {width}x{height} in {len(transfer.sizes)} scale(s) on {chosen_device} "
+            f"({arithmetic})",
+            quiet,
+        )
+        try:
+            image = _run(
+                transfer,
+                report,
+                quiet,
+                snapshot_every,
+                lambda iteration, image: save(image, _snapshot_path(output, iteration)),
+            )
+        except KeyboardInterrupt:
+            report.close()
+            partial = transfer.current_image()
+            if partial is None:
+                _console.warn("interrupted before the optimization started; nothing was saved")
+            else:
+                _console.warn("interrupted: saving the image so far")
+                _console.result(str(save(partial, output)))
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+    _console.result(str(save(image, output)))
+
+
+def _run(
+    transfer: GatysTransfer,
+    report: _Report,
+    quiet: bool,
+    snapshot_every: int,
+    on_snapshot: Callable[[int, Tensor], object],
+) -> Tensor:
+    import torch
+
+    from stylize.store.registry import load_vgg19_weights
+
+    with ExitStack() as stack:
+        weights = load_vgg19_weights(_appearing_progress(stack, "downloading vgg19", quiet))
+    try:
+        return transfer.run(weights, report, on_snapshot=on_snapshot, snapshot_every=snapshot_every)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+        # MPS reports running out of memory as a plain RuntimeError.
+        if not isinstance(error, torch.cuda.OutOfMemoryError) and "out of memory" not in str(error):
+            raise
+        width, height = transfer.sizes[-1]
+        raise StylizeError(
+            f"out of memory on {transfer.device} at {width}x{height} pixels: use a smaller "
+            "--size or more --scales"
+        ) from None
+
+
+class _Report:
+    """Shows a progress bar per scale and writes the --trace lines."""
+
+    def __init__(self, quiet: bool, trace_file: TextIO | None) -> None:
+        self._quiet = quiet
+        self._trace_file = trace_file
+        self._bar = ExitStack()
+        self._scale: int | None = None
+        self._update: Callable[..., None] | None = None
+
+    def __enter__(self) -> _Report:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __call__(self, completed: int, total: int, **values: Any) -> None:
+        if values["scale"] != self._scale:
+            self.close()
+            self._scale = values["scale"]
+            self._update = self._bar.enter_context(
+                _console.progress(
+                    f"scale {values['scale']}/{values['scales']} "
+                    f"{values['width']}x{values['height']}",
+                    total,
+                    self._quiet,
+                    fields="loss {loss:.4g} (content {content:.3g}, style {style:.3g}, "
+                    "tv {tv:.3g})",
+                )
+            )
+        assert self._update is not None
+        self._update(completed, total, **values)
+        if self._trace_file is not None:
+            record = {key: values[key] for key in _TRACE_FIELDS}
+            record["total"] = values["loss"]
+            record["elapsed"] = round(values["elapsed"], 4)
+            self._trace_file.write(json.dumps(record) + "\n")
+            self._trace_file.flush()
+
+    def close(self) -> None:
+        self._bar.close()
+        self._scale = None
+
+
+_TRACE_FIELDS = ("scale", "iteration", "width", "height", "content", "style", "tv")
+
+
+def _appearing_progress(stack: ExitStack, description: str, quiet: bool) -> Callable[..., None]:
+    """A progress callback whose bar appears on the first call (a download), not before."""
+    update: Callable[..., None] | None = None
+
+    def on_progress(completed: float, total: float | None = None, **values: object) -> None:
+        nonlocal update
+        if update is None:
+            update = stack.enter_context(_console.progress(description, total, quiet))
+        update(completed, total, **values)
+
+    return on_progress
+
+
+def _parse_blend(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{text}' is not a comma-separated list of numbers", param_hint="--style-blend"
+        ) from None
+
+
+def _parse_layers(text: str, option: str) -> tuple[str, ...]:
+    from stylize.engine.vgg import check_taps
+
+    try:
+        return check_taps([name.strip() for name in text.split(",") if name.strip()])
+    except StylizeError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def _load_init(init: str) -> Image.Image:
+    from stylize.engine.imageio import load_image
+
+    path = Path(init)
+    if not path.exists():
+        raise typer.BadParameter(
+            f"'{init}' is neither {', '.join(_INIT_KEYWORDS)} nor an image file",
+            param_hint="--init",
+        )
+    return load_image(path).rgb
+
+
+def _snapshot_path(output: Path, iteration: int) -> Path:
+    return output.with_name(f"{output.stem}.{iteration:04d}{output.suffix}")
+
+
+def _check_snapshot_paths(output: Path, iterations: int, every: int, overwrite: bool) -> None:
+    if every <= 0:
+        return
+    for iteration in range(every, iterations + 1, every):
+        path = _snapshot_path(output, iteration)
+        if path.exists() and not overwrite:
+            raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def _open_trace(path: Path, overwrite: bool) -> TextIO:
+    try:
+        return path.open("w" if overwrite else "x", encoding="utf-8")
+    except FileExistsError:
+        raise StylizeError(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError as error:
+        raise StylizeError(f"cannot write {path}: {error.strerror}") from None

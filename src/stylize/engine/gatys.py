@@ -1,0 +1,530 @@
+"""Style transfer by optimizing pixels (Gatys et al.), coarse to fine.
+
+The image is optimized first at a small size, then upsampled and refined at successively
+larger sizes; each scale gets half the iterations of the one before it, so most of the work
+happens where it is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from stylize.engine import imageio
+from stylize.engine.color import preserve_color
+from stylize.engine.losses import content_loss, gram_matrix, style_loss, total_variation_loss
+from stylize.engine.vgg import (
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    POOLINGS,
+    VGGFeatures,
+    check_taps,
+    min_input_size,
+)
+from stylize.errors import StylizeError
+
+OPTIMIZERS = ("lbfgs", "adam")
+# "image" starts from `init_image`, which the caller reads from a file.
+INIT_MODES = ("content", "noise", "style", "image")
+FIRST_SCALE_EDGE = 256
+LBFGS_HISTORY = 50
+# A total loss this many times above where its scale started, or above the sum of the weights
+# (every relative loss at 1, a complete mismatch), means the optimization has diverged.
+DIVERGENCE_FACTOR = 1e3
+# How often losses are read back from an accelerator while Adam runs ahead asynchronously.
+REPORT_INTERVAL_S = 0.1
+
+ProgressCallback = Callable[..., None]
+SnapshotCallback = Callable[[int, Tensor], None]
+
+
+@dataclass(frozen=True)
+class GatysSettings:
+    """What `stylize optimize` exposes; see docs/optimize.md for each setting."""
+
+    size: int = 512
+    style_scale: float = 1.0
+    style_blend: tuple[float, ...] | None = None
+    iterations: int = 500
+    optimizer: str = "lbfgs"
+    lr: float = 0.02
+    content_weight: float = 1.0
+    style_weight: float = 1.0
+    tv_weight: float = 5.0
+    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
+    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
+    pooling: str = "max"
+    init: str = "content"
+    scales: int | None = None
+    preserve_color: bool = False
+    seed: int | None = None
+
+
+def default_scale_count(size: int) -> int:
+    """Enough scales to start near 256 px and double up to `size`."""
+    if size <= FIRST_SCALE_EDGE:
+        return 1
+    return 1 + round(math.log2(size / FIRST_SCALE_EDGE))
+
+
+def scale_edges(size: int, scales: int) -> list[int]:
+    """The long edge of each scale, coarsest first, doubling up to `size`."""
+    return [max(1, round(size / 2 ** (scales - 1 - index))) for index in range(scales)]
+
+
+def split_iterations(total: int, scales: int) -> list[int]:
+    """`total` iterations over `scales`, each scale getting half as many as the one before."""
+    if total < scales:
+        raise StylizeError(f"{total} iterations cannot cover {scales} scales: use more")
+    shares = [2.0**-index for index in range(scales)]
+    exact = [total * share / sum(shares) for share in shares]
+    counts = [math.floor(value) for value in exact]
+    by_remainder = sorted(range(scales), key=lambda index: counts[index] - exact[index])
+    for index in by_remainder[: total - sum(counts)]:
+        counts[index] += 1
+    # A scale whose share rounds to nothing still gets one iteration, from the coarsest scale.
+    for index in range(scales):
+        if counts[index] == 0:
+            counts[index] = 1
+            counts[0] -= 1
+    return counts
+
+
+def blend_weights(blend: Sequence[float] | None, count: int) -> list[float]:
+    """Style blend weights normalized to sum 1 (equal when `blend` is None)."""
+    if blend is None:
+        return [1.0 / count] * count
+    if len(blend) != count:
+        raise StylizeError(
+            f"--style-blend has {len(blend)} weight(s) for {count} style image(s): give one each"
+        )
+    if any(not math.isfinite(weight) or weight < 0 for weight in blend) or sum(blend) <= 0:
+        raise StylizeError("--style-blend weights must be non-negative numbers, not all zero")
+    return [weight / sum(blend) for weight in blend]
+
+
+class GatysTransfer:
+    """One optimization run. The constructor checks everything that can be checked before any
+    computation; `run` does the work; `current_image` is the result so far (for Ctrl-C)."""
+
+    def __init__(
+        self,
+        content: Image.Image,
+        styles: Sequence[Image.Image],
+        settings: GatysSettings = GatysSettings(),
+        *,
+        device: torch.device | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        init_image: Image.Image | None = None,
+    ) -> None:
+        _check_settings(settings, init_image)
+        if not styles:
+            raise StylizeError("at least one style image is needed")
+        self.settings = settings
+        self.device = device or torch.device("cpu")
+        self.autocast_dtype = autocast_dtype
+        self._style_weights = blend_weights(settings.style_blend, len(styles))
+        self._content_layers = check_taps(settings.content_layers)
+        self._style_layers = check_taps(settings.style_layers)
+        scales = settings.scales or default_scale_count(settings.size)
+        self.iterations = split_iterations(settings.iterations, scales)
+        self._contents = [
+            imageio.resize_long_edge(content, edge) for edge in scale_edges(settings.size, scales)
+        ]
+        self._styles = [
+            [
+                imageio.resize_long_edge(
+                    style, max(1, round(max(scaled.size) * settings.style_scale))
+                )
+                for style in styles
+            ]
+            for scaled in self._contents
+        ]
+        self._check_sizes()
+        self._init_image = init_image
+        self._image: Tensor | None = None
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of each scale, coarsest first; the last is the output size."""
+        return [image.size for image in self._contents]
+
+    def run(
+        self,
+        vgg_weights: Mapping[str, Tensor],
+        on_progress: ProgressCallback | None = None,
+        *,
+        on_snapshot: SnapshotCallback | None = None,
+        snapshot_every: int = 0,
+    ) -> Tensor:
+        """Optimizes and returns the final image, (1, 3, H, W) in [0, 1].
+
+        `on_progress(completed, total, **values)` is called after every iteration with the
+        scale's progress and `scale`, `scales`, `width`, `height`, `iteration` (counted over
+        all scales), the weighted losses `content`, `style`, `tv`, `loss` (their sum) and
+        `elapsed` seconds. `on_snapshot(iteration, image)` receives the image every
+        `snapshot_every` iterations."""
+        vgg = VGGFeatures(
+            vgg_weights, self._content_layers + self._style_layers, self.settings.pooling
+        ).to(self.device)
+        started = time.perf_counter()
+        iteration = 0
+        for scale, iterations in enumerate(self.iterations):
+            content = imageio.to_tensor(self._contents[scale], self.device)
+            if self.settings.preserve_color:
+                content = _luminance(content)
+            self._image = self._starting_image(scale, content)
+            objective = self._objective(vgg, content, scale)
+            step = self._stepper(objective)
+            reports = _Reports(
+                on_progress,
+                started,
+                scale=scale,
+                sizes=self.sizes,
+                iterations=iterations,
+                weight_sum=sum(
+                    (
+                        self.settings.content_weight,
+                        self.settings.style_weight,
+                        self.settings.tv_weight,
+                    )
+                ),
+            )
+            for scale_iteration in range(1, iterations + 1):
+                iteration += 1
+                reports.add(step(), scale_iteration, iteration)
+                snapshot_due = snapshot_every > 0 and iteration % snapshot_every == 0
+                if (
+                    scale_iteration == iterations
+                    or snapshot_due
+                    or self._reads_back_every_iteration
+                    or reports.overdue()
+                ):
+                    reports.flush()
+                if snapshot_due and on_snapshot is not None:
+                    on_snapshot(iteration, self._finished(self._image, scale))
+        final = self.current_image()
+        assert final is not None
+        return final
+
+    def current_image(self) -> Tensor | None:
+        """The image so far at the output size, colors handled as asked; None before `run`."""
+        if self._image is None:
+            return None
+        image = self._image.detach()
+        if not torch.isfinite(image).all():
+            raise StylizeError("the image contains invalid values (NaN); nothing to save")
+        width, height = self.sizes[-1]
+        if image.shape[-2:] != (height, width):
+            image = F.interpolate(
+                image.clamp(0, 1), size=(height, width), mode="bicubic", align_corners=False
+            )
+        return self._finished(image, len(self.sizes) - 1)
+
+    @property
+    def _reads_back_every_iteration(self) -> bool:
+        # L-BFGS reads every loss back anyway; on the CPU reading back costs nothing.
+        return self.settings.optimizer == "lbfgs" or self.device.type == "cpu"
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype,
+            enabled=self.autocast_dtype is not None,
+        )
+
+    def _check_sizes(self) -> None:
+        needed = min_input_size(self._content_layers + self._style_layers)
+        needed_by_styles = min_input_size(self._style_layers)
+        count = len(self._contents)
+        for scale, (content, styles) in enumerate(zip(self._contents, self._styles, strict=True)):
+            where = f"at scale {scale + 1} of {count}" if count > 1 else "at this --size"
+            fewer_scales = " or fewer --scales" if count > 1 else ""
+            if min(content.size) < needed:
+                raise StylizeError(
+                    f"the content image is {content.width}x{content.height} pixels {where}, too "
+                    f"small for the VGG19 layers used (at least {needed} pixels a side): use a "
+                    f"larger --size{fewer_scales}"
+                )
+            for style in styles:
+                if min(style.size) < needed_by_styles:
+                    raise StylizeError(
+                        f"a style image is {style.width}x{style.height} pixels {where}, too small "
+                        f"for the style layers (at least {needed_by_styles} pixels a side): use a "
+                        f"larger --style-scale or --size{fewer_scales}"
+                    )
+
+    def _starting_image(self, scale: int, content: Tensor) -> Tensor:
+        """The first scale's initialization, or the previous scale's result upsampled."""
+        height, width = content.shape[-2:]
+        if scale > 0:
+            assert self._image is not None
+            image = F.interpolate(
+                self._image.detach().clamp(0, 1),
+                size=(height, width),
+                mode="bicubic",
+                align_corners=False,
+            )
+        elif self.settings.init == "content":
+            image = content
+        elif self.settings.init == "noise":
+            generator = torch.Generator()
+            if self.settings.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self.settings.seed)
+            image = torch.rand(content.shape, generator=generator).to(self.device)
+        elif self.settings.init == "style":
+            image = sum(
+                (
+                    weight * self._prepared(_stretched(style, width, height))
+                    for weight, style in zip(self._style_weights, self._styles[0], strict=True)
+                ),
+                torch.zeros_like(content),
+            )
+            if self.settings.preserve_color:
+                image = _match_luminance(image, content)
+        else:
+            assert self._init_image is not None
+            image = self._prepared(_stretched(self._init_image, width, height))
+        return image.clamp(0, 1).contiguous().requires_grad_(True)
+
+    def _prepared(self, image: Image.Image) -> Tensor:
+        tensor = imageio.to_tensor(image, self.device)
+        return _luminance(tensor) if self.settings.preserve_color else tensor
+
+    def _objective(
+        self, vgg: VGGFeatures, content: Tensor, scale: int
+    ) -> Callable[[Tensor], Tensor]:
+        """The loss function of this scale: image -> weighted [content, style, tv, total]."""
+        settings = self.settings
+        with torch.no_grad(), self._autocast():
+            features = vgg(content)
+            content_targets = {name: features[name].float() for name in self._content_layers}
+            style_grams = []
+            for style in self._styles[scale]:
+                tensor = self._prepared(style)
+                if settings.preserve_color:
+                    tensor = _match_luminance(tensor, content)
+                features = vgg(tensor)
+                style_grams.append(
+                    {name: gram_matrix(features[name]) for name in self._style_layers}
+                )
+        # Several styles blend by their Gram matrices: the target is their weighted mean.
+        style_targets = {
+            name: sum(
+                (
+                    weight * grams[name]
+                    for weight, grams in zip(self._style_weights, style_grams, strict=True)
+                ),
+                torch.zeros_like(style_grams[0][name]),
+            )
+            for name in self._style_layers
+        }
+
+        def objective(image: Tensor) -> Tensor:
+            with self._autocast():
+                features = vgg(image)
+            zero = image.new_zeros(())
+            content_term = sum(
+                (content_loss(features[name], target) for name, target in content_targets.items()),
+                zero,
+            ) / max(len(content_targets), 1)
+            style_term = sum(
+                (style_loss(features[name], target) for name, target in style_targets.items()),
+                zero,
+            ) / len(style_targets)
+            terms = torch.stack(
+                [
+                    settings.content_weight * content_term,
+                    settings.style_weight * style_term,
+                    settings.tv_weight * total_variation_loss(image),
+                ]
+            )
+            return torch.cat([terms, terms.sum().unsqueeze(0)])
+
+        return objective
+
+    def _stepper(self, objective: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
+        """One optimizer iteration per call; returns the losses it evaluated (before its step)."""
+        image = self._image
+        assert image is not None
+        # The losses are means, so their gradient per pixel shrinks with the image; scaling it
+        # back up keeps it well above Adam's epsilon and inside float16's range.
+        gradient_scale = float(image[0].numel())
+        evaluated: list[Tensor] = []
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            losses = objective(image)
+            scaled_total = losses[-1] * gradient_scale
+            scaled_total.backward()
+            evaluated.append(losses.detach())
+            return scaled_total
+
+        optimizer: torch.optim.Optimizer
+        if self.settings.optimizer == "lbfgs":
+            # Defaults would stop early on tolerances tuned for other loss scales; the
+            # iteration count decides instead.
+            optimizer = torch.optim.LBFGS(
+                [image],
+                lr=1,
+                max_iter=1,
+                history_size=LBFGS_HISTORY,
+                tolerance_grad=0,
+                tolerance_change=0,
+            )
+
+            def step() -> Tensor:
+                evaluated.clear()
+                optimizer.step(closure)
+                return evaluated[0]
+
+        else:
+            optimizer = torch.optim.Adam([image], lr=self.settings.lr)
+
+            def step() -> Tensor:
+                evaluated.clear()
+                closure()
+                optimizer.step()
+                with torch.no_grad():
+                    image.clamp_(0, 1)
+                return evaluated[0]
+
+        return step
+
+    def _finished(self, image: Tensor, scale: int) -> Tensor:
+        image = image.detach().clamp(0, 1)
+        if not self.settings.preserve_color:
+            return image
+        return preserve_color(image, imageio.to_tensor(self._contents[scale], self.device))
+
+
+class _Reports:
+    """Losses of one scale's recent iterations, read back from the device in batches, checked
+    for NaN and divergence, and passed to `on_progress`."""
+
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None,
+        started: float,
+        *,
+        scale: int,
+        sizes: list[tuple[int, int]],
+        iterations: int,
+        weight_sum: float,
+    ) -> None:
+        self._on_progress = on_progress
+        self._started = started
+        self._scale = scale
+        self._sizes = sizes
+        self._iterations = iterations
+        self._weight_sum = weight_sum
+        self._pending: list[tuple[Tensor, int, int, float]] = []
+        self._last_flush = time.perf_counter()
+        self._limit: float | None = None
+
+    def add(self, losses: Tensor, scale_iteration: int, iteration: int) -> None:
+        self._pending.append(
+            (losses, scale_iteration, iteration, time.perf_counter() - self._started)
+        )
+
+    def overdue(self) -> bool:
+        return time.perf_counter() - self._last_flush >= REPORT_INTERVAL_S
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        width, height = self._sizes[self._scale]
+        values = torch.stack([losses for losses, *_ in self._pending]).tolist()
+        for (content, style, tv, total), (_, scale_iteration, iteration, elapsed) in zip(
+            values, self._pending, strict=True
+        ):
+            where = f"iteration {iteration} (scale {self._scale + 1} of {len(self._sizes)})"
+            if not math.isfinite(total):
+                raise StylizeError(
+                    f"the loss became {total} at {where}; nothing was saved. Try --precision fp32, "
+                    "or --optimizer adam with a smaller --lr"
+                )
+            if self._limit is None:
+                self._limit = DIVERGENCE_FACTOR * max(total, self._weight_sum)
+            if total > self._limit:
+                raise StylizeError(
+                    f"the loss exploded to {total:.4g} at {where}; nothing was saved. Try "
+                    "smaller weights, or --optimizer adam with a smaller --lr"
+                )
+            if self._on_progress is not None:
+                self._on_progress(
+                    scale_iteration,
+                    self._iterations,
+                    scale=self._scale + 1,
+                    scales=len(self._sizes),
+                    width=width,
+                    height=height,
+                    iteration=iteration,
+                    content=content,
+                    style=style,
+                    tv=tv,
+                    loss=total,
+                    elapsed=elapsed,
+                )
+        self._pending.clear()
+        self._last_flush = time.perf_counter()
+
+
+def _check_settings(settings: GatysSettings, init_image: Image.Image | None) -> None:
+    if settings.size < 1:
+        raise StylizeError(f"--size must be a positive number of pixels, got {settings.size}")
+    if not (math.isfinite(settings.style_scale) and settings.style_scale > 0):
+        raise StylizeError(f"--style-scale must be positive, got {settings.style_scale}")
+    if settings.iterations < 1:
+        raise StylizeError(f"--iterations must be at least 1, got {settings.iterations}")
+    if settings.scales is not None and settings.scales < 1:
+        raise StylizeError(f"--scales must be at least 1, got {settings.scales}")
+    if settings.optimizer not in OPTIMIZERS:
+        raise StylizeError(
+            f"unknown optimizer '{settings.optimizer}': choose from {', '.join(OPTIMIZERS)}"
+        )
+    if not settings.lr > 0:
+        raise StylizeError(f"--lr must be positive, got {settings.lr}")
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value >= 0):
+            option = "--" + name.replace("_", "-")
+            raise StylizeError(f"{option} must be a non-negative number, got {value}")
+    if not settings.style_layers:
+        raise StylizeError("at least one style layer is needed (--style-layers)")
+    if settings.pooling not in POOLINGS:
+        raise StylizeError(
+            f"unknown pooling '{settings.pooling}': choose from {', '.join(POOLINGS)}"
+        )
+    if settings.init not in INIT_MODES:
+        raise StylizeError(f"unknown init '{settings.init}': choose from {', '.join(INIT_MODES)}")
+    if (settings.init == "image") != (init_image is not None):
+        raise StylizeError("init 'image' and an init image go together")
+
+
+def _stretched(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _luminance(image: Tensor) -> Tensor:
+    """The BT.601 luma of an RGB image, repeated in all three channels."""
+    red, green, blue = image.unbind(1)
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    return luma.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def _match_luminance(image: Tensor, reference: Tensor) -> Tensor:
+    """`image` shifted and scaled to the mean and spread of `reference` (Gatys et al. 2017), so
+    a luminance-only transfer keeps the content's brightness and contrast."""
+    spread = image.std().clamp_min(1e-6)
+    return ((image - image.mean()) / spread * reference.std() + reference.mean()).clamp(0, 1)

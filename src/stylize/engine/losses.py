@@ -1,0 +1,46 @@
+"""Content, style and total variation losses, computed in float32.
+
+Content and style losses are relative errors: the squared error divided by the squared size of
+the target. That makes them independent of the image size and of how strongly a VGG layer
+responds (activation scales differ by orders of magnitude between layers and between weight
+sets), so one set of default weights balances content against style for any `--size` and any
+choice of layers. See docs/optimize.md.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+# Only guards against dividing by zero for an all-zero target (a layer that never fires).
+_TINY = 1e-30
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """(N, C, H, W) features -> (N, C, C) channel correlations, divided by C*H*W so they do not
+    depend on the image size."""
+    batch, channels, height, width = features.shape
+    flat = features.float().reshape(batch, channels, height * width)
+    return flat @ flat.transpose(1, 2) / (channels * height * width)
+
+
+def content_loss(features: Tensor, target: Tensor) -> Tensor:
+    """Mean squared feature error relative to the target's mean square."""
+    target = target.float()
+    error = (features.float() - target).pow(2).mean()
+    return error / target.pow(2).mean().clamp_min(_TINY)
+
+
+def style_loss(features: Tensor, target_gram: Tensor) -> Tensor:
+    """Mean squared error between the Gram matrix of `features` and `target_gram`, relative to
+    the target's mean square."""
+    target_gram = target_gram.float()
+    error = (gram_matrix(features) - target_gram).pow(2).mean()
+    return error / target_gram.pow(2).mean().clamp_min(_TINY)
+
+
+def total_variation_loss(image: Tensor) -> Tensor:
+    """Mean squared difference between horizontally plus vertically neighbouring pixels."""
+    image = image.float()
+    across = image[..., :, 1:] - image[..., :, :-1]
+    down = image[..., 1:, :] - image[..., :-1, :]
+    return across.pow(2).sum() / max(across.numel(), 1) + down.pow(2).sum() / max(down.numel(), 1)
