@@ -1,7 +1,341 @@
-"""`stylize apply` (being built; see the open issue)."""
+"""`stylize apply`: stylize images in one pass with a trained or downloaded style model."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from stylize.cli import _console
 from stylize.errors import StylizeError
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def apply() -> None:
-    raise StylizeError("'stylize apply' is not available yet in this version")
+    from stylize.engine.imageio import LoadedImage
+    from stylize.engine.inference import Stylizer
+
+# Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
+_FALLBACK_SUFFIX = ".png"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter("must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    target: Path
+
+
+def apply(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...", help="Image files and/or folders of images.", show_default=False
+        ),
+    ],
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style",
+            "-s",
+            help="A model name (installed or in the catalog, downloaded on first use) or the "
+            "path of a model file (.safetensors, pytorch/examples .pth/.model, .onnx).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file (one input) or folder. Default: STEM.STYLE.EXT beside each input.",
+            show_default=False,
+        ),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also take images in subfolders.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs (never an input).")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Leave existing outputs alone, skip them.")
+    ] = False,
+    max_size: Annotated[
+        int | None,
+        typer.Option(
+            min=16,
+            help="Shrink images whose long edge exceeds this many pixels.",
+            show_default=False,
+        ),
+    ] = None,
+    scale: Annotated[
+        float,
+        typer.Option(
+            callback=_positive,
+            help="Run the model at this size factor: below 1, larger brush strokes; above 1, "
+            "finer ones. The output keeps its size.",
+        ),
+    ] = 1.0,
+    strength: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="1 is fully stylized, 0 the original image."),
+    ] = 1.0,
+    preserve_color: Annotated[
+        bool, typer.Option("--preserve-color", help="Keep the original image's colors.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(help="auto picks bf16/fp16 where the hardware runs it fast, else fp32."),
+    ] = Precision.auto,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images of the same size to stylize at once (GPU).")
+    ] = 1,
+    tile_size: Annotated[
+        int | None,
+        typer.Option(
+            min=64,
+            help="Stylize large images in tiles of this many pixels a side, to save memory "
+            "(the result is the same). Default: as large as memory allows.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: _console.QuietOption = False,
+) -> None:
+    """Stylize images with a fast style model, writing one file per input.
+
+    Prints the path of every file it writes. An input that cannot be read is reported and
+    skipped; the exit code is then 1.
+    """
+    if overwrite and skip_existing:
+        raise typer.BadParameter("use either --overwrite or --skip-existing, not both")
+    from stylize.store.styles import style_name
+
+    label = style_name(style) or _file_label(Path(style))
+    jobs = _plan(inputs, output, recursive, label)
+    jobs = _check_targets(jobs, overwrite=overwrite, skip_existing=skip_existing, quiet=quiet)
+    if not jobs:
+        return
+
+    from stylize.engine.device import pick_device, resolve_precision
+    from stylize.engine.inference import Stylizer
+    from stylize.store.styles import load_style
+
+    chosen_device = pick_device(device)
+    dtype = resolve_precision(chosen_device, precision.value)
+    with _download_progress(style, quiet) as on_download:
+        net, _ = load_style(style, on_progress=on_download)
+    stylizer = Stylizer(net, chosen_device, dtype, tile_size=tile_size)
+    runner = _Runner(
+        stylizer,
+        max_size=max_size,
+        scale=scale,
+        strength=strength,
+        preserve_color=preserve_color,
+        overwrite=overwrite,
+        batch_size=batch_size,
+    )
+    with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
+        for job in jobs:
+            runner.add(job)
+            on_progress(runner.finished)
+        runner.flush()
+        on_progress(runner.finished)
+    if runner.failed:
+        raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
+
+
+@contextmanager
+def _download_progress(style: str, quiet: bool) -> Iterator[_console.ProgressCallback]:
+    """A progress callback whose bar appears only once a download starts."""
+    with ExitStack() as stack:
+        bar: _console.ProgressCallback | None = None
+
+        def update(completed: float, total: float | None = None, **values: object) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(_console.progress(f"downloading {style}", total, quiet))
+            bar(completed, total, **values)
+
+        yield update
+
+
+def _file_label(path: Path) -> str:
+    return path.stem.split(".")[0] or "styled"
+
+
+def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) -> list[_Job]:
+    """The input files and where each result goes."""
+    from stylize.engine.imageio import find_images
+
+    sources: list[tuple[Path, Path]] = []  # (file, folder its relative output path starts at)
+    for item in inputs:
+        if item.is_dir():
+            # Results of an earlier run with this style sit beside their inputs: not inputs.
+            found = [
+                file
+                for file in find_images(item, recursive=recursive)
+                if not file.stem.endswith(f".{label}")
+            ]
+            if not found:
+                _console.warn(f"no images in {item}")
+            sources.extend((file, item) for file in found)
+        elif item.is_file():
+            sources.append((item, item.parent))
+        else:
+            raise StylizeError(f"input not found: {item}")
+    if not sources:
+        raise StylizeError("no images to stylize")
+
+    if output is not None and output.suffix and not output.is_dir():
+        if len(inputs) == 1 and inputs[0].is_file():
+            return [_Job(sources[0][0], output)]
+        raise typer.BadParameter(
+            f"{output} looks like a file, but there are several inputs: give a folder",
+            param_hint="'--output'",
+        )
+    jobs = []
+    for file, root in sources:
+        suffix = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
+        name = f"{file.stem}.{label}{suffix}"
+        if output is None:
+            target = file.with_name(name)
+        else:
+            target = output / file.relative_to(root).with_name(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append(_Job(file, target))
+    return jobs
+
+
+def _writable(suffix: str) -> bool:
+    from stylize.engine.imageio import OUTPUT_SUFFIXES
+
+    return suffix.lower() in OUTPUT_SUFFIXES
+
+
+def _check_targets(
+    jobs: list[_Job], *, overwrite: bool, skip_existing: bool, quiet: bool
+) -> list[_Job]:
+    """Refuses before any work what could not be written; drops skipped jobs."""
+    from stylize.engine.imageio import check_output_path
+
+    sources = {job.source.resolve() for job in jobs}
+    seen: dict[Path, Path] = {}
+    remaining = []
+    for job in jobs:
+        target = job.target.resolve()
+        if target in sources:
+            raise StylizeError(f"refusing to overwrite the input {job.source} with a result")
+        if target in seen:
+            raise StylizeError(
+                f"{seen[target]} and {job.source} would both be written to {job.target}"
+            )
+        seen[target] = job.source
+        if job.target.exists() and skip_existing:
+            _console.info(f"skipping {job.source}: {job.target} exists", quiet)
+            continue
+        check_output_path(job.target, overwrite=overwrite)
+        remaining.append(job)
+    return remaining
+
+
+class _Runner:
+    """Loads, stylizes and saves images, batching consecutive ones of the same size."""
+
+    def __init__(
+        self,
+        stylizer: Stylizer,
+        *,
+        max_size: int | None,
+        scale: float,
+        strength: float,
+        preserve_color: bool,
+        overwrite: bool,
+        batch_size: int,
+    ) -> None:
+        self.stylizer = stylizer
+        self.max_size = max_size
+        self.scale = scale
+        self.strength = strength
+        self.preserve_color = preserve_color
+        self.overwrite = overwrite
+        self.batch_size = batch_size
+        self.batch: list[tuple[_Job, LoadedImage, Tensor]] = []
+        self.finished = 0
+        self.failed = 0
+
+    def add(self, job: _Job) -> None:
+        from stylize.engine.imageio import load_image, resize_long_edge, to_tensor
+
+        try:
+            image = load_image(job.source)
+        except StylizeError as error:
+            self._fail(job, error)
+            return
+        rgb = image.rgb
+        if self.max_size is not None and max(rgb.size) > self.max_size:
+            rgb = resize_long_edge(rgb, self.max_size)
+        content = to_tensor(rgb)
+        if self.batch and self.batch[0][2].shape != content.shape:
+            self.flush()
+        self.batch.append((job, image, content))
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        from stylize.engine.imageio import save_image, to_image
+
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        try:
+            results = self.stylizer(
+                _cat([content for _, _, content in batch]),
+                scale=self.scale,
+                strength=self.strength,
+                preserve_color=self.preserve_color,
+            )
+        except StylizeError as error:
+            for job, _, _ in batch:
+                self._fail(job, error)
+            return
+        for (job, image, _), result in zip(batch, results, strict=True):
+            try:
+                save_image(
+                    to_image(result), job.target, alpha=image.alpha, overwrite=self.overwrite
+                )
+            except StylizeError as error:
+                self._fail(job, error)
+                continue
+            _console.result(str(job.target))
+            self.finished += 1
+
+    def _fail(self, job: _Job, error: StylizeError) -> None:
+        message = str(error)
+        _console.error(message if str(job.source) in message else f"{job.source}: {message}")
+        self.failed += 1
+        self.finished += 1
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    import torch
+
+    return torch.cat(tensors)

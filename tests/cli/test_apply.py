@@ -1,0 +1,295 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylize.engine.transformer import TransformerConfig, TransformerNet
+from stylize.store.registry import install_model, model_path
+
+TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
+
+
+def random_style_net(seed: int = 0) -> TransformerNet:
+    """Random weights scaled like a trained network's: outputs spread over [0, 255] rather than
+    clipped to its ends, so comparisons of results mean something."""
+    torch.manual_seed(seed)
+    net = TransformerNet(TINY).eval()
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.split(".")[-2].startswith("in"):
+                if name.endswith("weight"):
+                    parameter.uniform_(0.5, 1.5)
+                else:
+                    parameter.normal_(0, 0.5)
+        final = net.deconv3.conv2d
+        final.bias.zero_()
+        spread = net(torch.rand(1, 3, 32, 32) * 255).std()
+        final.weight.mul_(60 / spread)
+        final.bias.fill_(128)
+    return net
+
+
+@pytest.fixture
+def style(stylize_home: Path) -> str:
+    """A random style model installed in the store as `tiny`."""
+    state = random_style_net().state_dict()
+    meta = {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
+    install_model("tiny", state, meta)
+    return "tiny"
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def written(result) -> list[str]:
+    return result.stdout.splitlines()
+
+
+def test_results_are_written_beside_the_inputs_as_stem_style_ext(cli, style, make_image):
+    photo = make_image("photo.png", size=(48, 32))
+    snapshot = make_image("snap.jpg", size=(40, 40), seed=1)
+    result = cli("apply", photo, snapshot, "--style", style, "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    outputs = [photo.with_name("photo.tiny.png"), snapshot.with_name("snap.tiny.jpg")]
+    assert written(result) == [str(path) for path in outputs]
+    with Image.open(outputs[0]) as first, Image.open(outputs[1]) as second:
+        assert (first.format, first.size) == ("PNG", (48, 32))
+        assert (second.format, second.size) == ("JPEG", (40, 40))
+    assert pixels(outputs[0]).std() > 20  # a picture, not a flat or clipped one
+
+
+def test_result_is_what_the_model_computes(cli, style, make_image):
+    from stylize.engine.imageio import load_image, to_tensor
+
+    photo = make_image("photo.png", size=(48, 32))
+    result = cli("apply", photo, "--style", style, "--precision", "fp32")
+    assert result.exit_code == 0, result.stderr
+    with torch.no_grad():
+        content = to_tensor(load_image(photo).rgb)
+        expected = (random_style_net()(content * 255)[0] / 255).clamp(0, 1)
+    expected_pixels = (expected * 255).round().permute(1, 2, 0).numpy().astype(np.int16)
+    assert np.abs(pixels(photo.with_name("photo.tiny.png")) - expected_pixels).max() <= 1
+
+
+def test_output_file_for_one_input(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png")
+    target = tmp_path / "styled.webp"
+    result = cli("apply", photo, "-s", style, "-o", target)
+    assert result.exit_code == 0, result.stderr
+    assert written(result) == [str(target)]
+    with Image.open(target) as image:
+        assert image.format == "WEBP" and image.size == (48, 32)
+
+
+def test_output_folder_keeps_the_layout_of_recursive_inputs(cli, style, make_image, tmp_path):
+    make_image("photos/a.png")
+    make_image("photos/trip/b.jpg", seed=1)
+    make_image("photos/notes.gif", seed=2)
+    out = tmp_path / "out"
+
+    flat = cli("apply", tmp_path / "photos", "-s", style, "-o", out)
+    assert flat.exit_code == 0, flat.stderr
+    assert sorted(written(flat)) == [str(out / "a.tiny.png"), str(out / "notes.tiny.png")]
+
+    deep = cli("apply", tmp_path / "photos", "-s", style, "-o", out, "-r", "--skip-existing")
+    assert deep.exit_code == 0, deep.stderr
+    assert written(deep) == [str(out / "trip" / "b.tiny.jpg")]
+
+
+def test_several_inputs_need_an_output_folder(cli, style, make_image, tmp_path):
+    first, second = make_image("a.png"), make_image("b.png")
+    result = cli("apply", first, second, "-s", style, "-o", tmp_path / "one.png")
+    assert result.exit_code == 2
+    assert "give a folder" in result.stderr
+
+
+def test_an_input_is_never_overwritten(cli, style, make_image):
+    photo = make_image("photo.png")
+    before = photo.read_bytes()
+    result = cli("apply", photo, "-s", style, "-o", photo, "--overwrite")
+    assert result.exit_code == 1
+    assert "refusing to overwrite the input" in result.stderr
+    assert photo.read_bytes() == before
+
+
+def test_existing_outputs_need_overwrite_or_skip_existing(cli, style, make_image):
+    photo = make_image("photo.png")
+    target = photo.with_name("photo.tiny.png")
+    target.write_bytes(b"an earlier result")
+
+    refused = cli("apply", photo, "-s", style)
+    assert refused.exit_code == 1
+    assert "--overwrite" in refused.stderr and written(refused) == []
+
+    skipped = cli("apply", photo, "-s", style, "--skip-existing")
+    assert skipped.exit_code == 0
+    assert "skipping" in skipped.stderr and written(skipped) == []
+    assert target.read_bytes() == b"an earlier result"
+
+    replaced = cli("apply", photo, "-s", style, "--overwrite")
+    assert replaced.exit_code == 0
+    assert written(replaced) == [str(target)]
+    assert pixels(target).shape == (32, 48, 3)
+
+
+def test_rerunning_on_a_folder_leaves_earlier_results_alone(cli, style, make_image, tmp_path):
+    make_image("photos/a.png")
+    folder = tmp_path / "photos"
+    assert cli("apply", folder, "-s", style).exit_code == 0
+    again = cli("apply", folder, "-s", style, "--skip-existing")
+    assert again.exit_code == 0
+    assert sorted(path.name for path in folder.iterdir()) == ["a.png", "a.tiny.png"]
+
+
+def test_a_bad_file_among_many_is_reported_and_skipped(cli, style, make_image, tmp_path):
+    make_image("photos/a.png")
+    make_image("photos/c.png", seed=1)
+    broken = tmp_path / "photos" / "b.png"
+    broken.write_bytes(b"not really a png")
+    result = cli("apply", tmp_path / "photos", "-s", style)
+    assert result.exit_code == 1
+    assert written(result) == [
+        str(tmp_path / "photos" / "a.tiny.png"),
+        str(tmp_path / "photos" / "c.tiny.png"),
+    ]
+    assert str(broken) in result.stderr
+    assert "1 of 3 images failed" in result.stderr
+
+
+def test_max_size_shrinks_and_scale_keeps_the_size(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png", size=(64, 48))
+    small = cli("apply", photo, "-s", style, "--max-size", "32", "-o", tmp_path / "small.png")
+    assert small.exit_code == 0, small.stderr
+    assert Image.open(tmp_path / "small.png").size == (32, 24)
+
+    normal = cli("apply", photo, "-s", style, "-o", tmp_path / "normal.png")
+    coarse = cli("apply", photo, "-s", style, "--scale", "0.5", "-o", tmp_path / "coarse.png")
+    assert normal.exit_code == 0 and coarse.exit_code == 0, coarse.stderr
+    assert Image.open(tmp_path / "coarse.png").size == (64, 48)
+    assert np.abs(pixels(tmp_path / "coarse.png") - pixels(tmp_path / "normal.png")).mean() > 5
+
+
+def test_strength_zero_gives_back_the_original(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", style, "--strength", "0", "-o", tmp_path / "same.png")
+    assert result.exit_code == 0, result.stderr
+    assert np.abs(pixels(tmp_path / "same.png") - pixels(photo)).max() <= 1
+
+
+def test_transparency_is_kept(cli, style, make_image):
+    photo = make_image("logo.png", mode="RGBA")
+    with Image.open(photo) as image:
+        alpha = np.arange(48 * 32).reshape(32, 48) % 256
+        image.putalpha(Image.fromarray(alpha.astype(np.uint8)))
+        image.save(photo)
+    result = cli("apply", photo, "-s", style)
+    assert result.exit_code == 0, result.stderr
+    with Image.open(photo.with_name("logo.tiny.png")) as image:
+        assert image.mode == "RGBA"
+        assert np.array_equal(np.asarray(image.getchannel("A")), alpha)
+
+
+def test_batches_and_tiles_do_not_change_the_result(cli, style, make_image, tmp_path):
+    first = make_image("a.png", size=(100, 84))
+    second = make_image("b.png", size=(100, 84), seed=1)
+    options = ("-s", style, "--precision", "fp32")
+    plain = cli("apply", first, second, *options, "-o", tmp_path / "plain")
+    batched = cli("apply", first, second, *options, "--batch-size", "2", "-o", tmp_path / "batch")
+    tiled = cli("apply", first, second, *options, "--tile-size", "64", "-o", tmp_path / "tiled")
+    assert plain.exit_code == batched.exit_code == tiled.exit_code == 0
+    for name in ("a.tiny.png", "b.tiny.png"):
+        reference = pixels(tmp_path / "plain" / name)
+        assert np.abs(pixels(tmp_path / "batch" / name) - reference).max() <= 1
+        assert np.abs(pixels(tmp_path / "tiled" / name) - reference).max() <= 1
+
+
+def test_style_given_as_a_pytorch_examples_file(cli, make_image, tmp_path):
+    model = tmp_path / "starry.pth"
+    torch.save(random_style_net(seed=4).state_dict(), model)
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "--style", model)
+    assert result.exit_code == 0, result.stderr
+    assert written(result) == [str(photo.with_name("photo.starry.png"))]
+
+
+def test_catalog_style_is_downloaded_on_first_use(
+    cli, make_image, tmp_path, local_catalog, http_server
+):
+    served = tmp_path / "candy.pth"
+    torch.save(random_style_net(seed=5).state_dict(), served)
+    local_catalog.serve("candy", served)
+    photo = make_image("photo.png")
+    first = cli("apply", photo, "-s", "candy")
+    assert first.exit_code == 0, first.stderr
+    assert model_path("candy").is_file()
+    second = cli("apply", photo, "-s", "candy", "--overwrite", "-q")
+    assert second.exit_code == 0, second.stderr
+    assert http_server.requests["files/candy.pth"] == 1
+    assert written(second) == [str(photo.with_name("photo.candy.png"))]
+
+
+def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_home):
+    photo = make_image("photo.png")
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['stylize', 'apply', {str(photo)!r}, '--style', 'tiny', '-q']\n"
+        "try:\n"
+        "    runpy.run_module('stylize', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print(sorted(m for m in ('torchvision', 'onnx') if m in sys.modules))\n"
+    )
+    environment = {**os.environ, "STYLIZE_HOME": str(stylize_home)}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [str(photo.with_name("photo.tiny.png")), "[]"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--strength", "1.5"),
+        ("--scale", "0"),
+        ("--max-size", "8"),
+        ("--tile-size", "32"),
+        ("--batch-size", "0"),
+        ("--precision", "fp64"),
+        ("--overwrite", "--skip-existing"),
+    ],
+)
+def test_bad_options_are_usage_errors(cli, style, make_image, options):
+    result = cli("apply", make_image(), "-s", style, *options)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("-s", "nothing"), "no style named 'nothing'"),
+        (("-s", "missing/model.onnx"), "style model file not found"),
+        (("-s", "tiny", "--device", "tpu"), "unknown device 'tpu'"),
+    ],
+)
+def test_failures_are_one_clear_line(cli, style, make_image, arguments, message):
+    result = cli("apply", make_image(), *arguments)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_inputs_and_empty_folders_fail_before_any_work(cli, style, tmp_path):
+    missing = cli("apply", tmp_path / "nope.png", "-s", style)
+    assert missing.exit_code == 1 and "input not found" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = cli("apply", tmp_path / "empty", "-s", style)
+    assert empty.exit_code == 1 and "no images to stylize" in empty.stderr
