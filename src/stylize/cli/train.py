@@ -1,7 +1,264 @@
-"""`stylize train` (being built; see the open issue)."""
+"""`stylize train`: train a fast style model from an artwork and a folder of photos."""
 
-from stylize.errors import StylizeError
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from stylize.cli import _console
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# The same values as stylize.engine.training.TrainSettings, which imports torch; a test keeps
+# them equal.
+DEFAULT_STEPS = 40_000
+DEFAULT_CONTENT_LAYERS = "relu4_2"
+DEFAULT_STYLE_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+EXIT_INTERRUPTED = 130
+PROGRESS_FIELDS = (
+    "loss {loss:.3g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g}) "
+    "{images_per_second:.1f} img/s"
+)
 
 
-def train() -> None:
-    raise StylizeError("'stylize train' is not available yet in this version")
+def _valid_name(name: str | None) -> str | None:
+    from stylize.errors import StylizeError
+    from stylize.store.registry import validate_name
+
+    if name is None:
+        return None
+    try:
+        return validate_name(name)
+    except StylizeError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _layer_list(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def train(
+    style: Annotated[
+        Path,
+        typer.Option(
+            "--style",
+            "-s",
+            metavar="IMAGE",
+            help="The artwork whose style to learn.",
+            show_default=False,
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            metavar="FOLDER",
+            help="Folder of training photos, searched recursively (for example COCO train2014).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            callback=_valid_name,
+            help="Name of the model in the store (default: from the style image's file name).",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help=f"Training steps, one batch each (default: {DEFAULT_STEPS:,} unless --epochs).",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", min=1, help="Passes over the data set, instead of --steps."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
+    ] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    content_weight: Annotated[
+        float, typer.Option("--content-weight", help="Weight of the content loss.")
+    ] = 1.0,
+    style_weight: Annotated[
+        float, typer.Option("--style-weight", help="Weight of the style loss.")
+    ] = 1.0,
+    tv_weight: Annotated[
+        float, typer.Option("--tv-weight", help="Weight of the total variation (smoothness) loss.")
+    ] = 5.0,
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Side of the square training crops, in pixels.")
+    ] = 256,
+    style_size: Annotated[
+        int,
+        typer.Option(
+            "--style-size", help="Long edge the style image is scaled to; larger, finer strokes."
+        ),
+    ] = 512,
+    content_layers: Annotated[
+        str, typer.Option("--content-layers", help="VGG19 layers for the content loss.")
+    ] = DEFAULT_CONTENT_LAYERS,
+    style_layers: Annotated[
+        str, typer.Option("--style-layers", help="VGG19 layers for the style loss.")
+    ] = DEFAULT_STYLE_LAYERS,
+    preview: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--preview",
+            metavar="IMAGE",
+            help="Image to stylize into the work folder every --preview-every steps (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    preview_every: Annotated[
+        int, typer.Option("--preview-every", min=1, help="Steps between previews.")
+    ] = 1000,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
+    ] = 1000,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            metavar="FOLDER",
+            help="Folder for checkpoints, previews and the loss log "
+            "(default: train/NAME in the store's cache folder).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from the work folder's checkpoint (also to add steps)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an installed model of the same name.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Data loading processes (0: load in-line).")
+    ] = 4,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto, fp32, bf16 or fp16 (mixed precision)."),
+    ] = "auto",
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed for the initial weights and the data order.")
+    ] = 0,
+    quiet: _console.QuietOption = False,
+) -> None:
+    """Train a fast style model from an artwork and a folder of photos."""
+    from stylize.engine import training
+    from stylize.engine.device import pick_device, resolve_precision
+    from stylize.errors import StylizeError
+    from stylize.store.paths import cache_dir
+    from stylize.store.registry import install_model, model_path
+
+    if steps is not None and epochs is not None:
+        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+    if steps is None and epochs is None:
+        steps = DEFAULT_STEPS
+    name = name or _default_name(style)
+    processes = training.Processes.from_environment()
+    if processes.is_main and model_path(name).exists() and not overwrite:
+        raise StylizeError(
+            f"a model named {name!r} is already installed (choose another --name, or pass "
+            "--overwrite to replace it when training ends)"
+        )
+    settings = training.TrainSettings(
+        image_size=image_size,
+        batch_size=batch_size,
+        learning_rate=lr,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        style_size=style_size,
+        content_layers=_layer_list(content_layers),
+        style_layers=_layer_list(style_layers),
+        seed=seed,
+    )
+    plan = training.prepare_training(
+        style_image=style,
+        data_folder=data,
+        workdir=workdir or cache_dir() / "train" / name,
+        settings=settings,
+        device=pick_device(device),
+        steps=steps,
+        epochs=epochs,
+        resume=resume,
+        previews=preview or (),
+    )
+    autocast_dtype = resolve_precision(plan.device, precision)
+    quiet = quiet or not processes.is_main
+    if len(plan.data.images) < training.FEW_IMAGES and processes.is_main:
+        _console.warn(
+            f"{data} has only {len(plan.data.images)} images; a model that works on any photo "
+            f"needs thousands (COCO train2014 has 83k, see docs/train.md)"
+        )
+    _console.info(
+        f"training {name!r} on {len(plan.data.images)} images for {plan.total_steps} steps "
+        f"(from step {plan.start_step}) on {plan.device}; work folder {plan.workdir}",
+        quiet,
+    )
+    vgg_weights = _vgg19_weights(quiet)
+    with _console.progress("training", plan.total_steps, quiet, PROGRESS_FIELDS) as update:
+        result = training.run_training(
+            plan,
+            vgg_weights,
+            autocast_dtype=autocast_dtype,
+            workers=workers,
+            checkpoint_every=checkpoint_every,
+            preview_every=preview_every,
+            on_progress=update,
+        )
+    if not processes.is_main:
+        # The first process reports and installs the model.
+        if result.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
+    if result.unreadable:
+        _console.warn(
+            f"skipped {len(result.unreadable)} unreadable file(s), for example: "
+            f"{result.unreadable[0]}"
+        )
+    if result.interrupted:
+        # Shown even with -q: it is where the work went and how to continue it.
+        _console.info(
+            f"interrupted at step {result.step}; checkpoint saved in {plan.workdir}; run the "
+            "same command with --resume to continue"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    path = install_model(name, result.tensors, result.meta, overwrite=overwrite)
+    _console.result(str(path))
+
+
+def _default_name(style: Path) -> str:
+    from stylize.errors import StylizeError
+    from stylize.store.registry import validate_name
+
+    name = re.sub(r"[^a-z0-9_-]+", "-", style.stem.lower()).strip("-_")[:64]
+    if not name:
+        raise StylizeError(f"cannot make a model name from {style.name}; pass --name")
+    return validate_name(name)
+
+
+def _vgg19_weights(quiet: bool) -> dict[str, Tensor]:
+    from stylize.store.registry import VGG19, load_vgg19_weights, model_path
+
+    if model_path(VGG19).exists():
+        return load_vgg19_weights()
+    with _console.progress("downloading vgg19", None, quiet) as update:
+        return load_vgg19_weights(update)
