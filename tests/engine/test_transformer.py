@@ -51,12 +51,13 @@ def test_output_has_the_input_size_for_multiples_of_four():
         assert net(torch.rand(2, 3, 20, 28) * 255).shape == (2, 3, 20, 28)
 
 
-def test_single_image_instance_norm_shortcut_matches_instance_norm():
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_shortcuts_match_instance_norm(batch):
     norm = torch.nn.InstanceNorm2d(6, affine=True)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.normal_()
-    features = torch.randn(1, 6, 10, 12) * 7 + 3
+    features = torch.randn(batch, 6, 10, 12) * 7 + 3
     channels_last = features.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(instance_norm(norm, features), norm(features))
     torch.testing.assert_close(instance_norm(norm, channels_last), norm(features))

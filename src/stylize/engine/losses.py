@@ -19,8 +19,10 @@ def gram_matrix(features: Tensor) -> Tensor:
     """(N, C, H, W) features -> (N, C, C) channel correlations, divided by C*H*W so they do not
     depend on the image size."""
     batch, channels, height, width = features.shape
-    flat = features.float().reshape(batch, channels, height * width)
-    return flat @ flat.transpose(1, 2) / (channels * height * width)
+    # Pixels-by-channels order is a free view of channels-last features (the VGG's layout), so
+    # the gradient flows back channels-last too instead of through a copy.
+    flat = features.float().permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    return flat.mT @ flat / (channels * height * width)
 
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
