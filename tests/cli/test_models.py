@@ -90,7 +90,7 @@ def test_pull_shows_progress_on_stderr_and_path_on_stdout(cli, random_vgg_pth, l
     result = cli("models", "pull", "vgg19")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == str(model_path("vgg19"))
-    assert "Downloading vgg19" in result.stderr
+    assert "downloading vgg19" in result.stderr
     assert "Installed vgg19" in result.stderr
 
     again = cli("models", "pull", "vgg19", "-q")

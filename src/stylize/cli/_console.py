@@ -61,10 +61,10 @@ ProgressCallback = Callable[..., None]
 
 @contextmanager
 def progress(
-    description: str, total: float | None, quiet: bool = False, fields: str = ""
+    description: str, total: float | None, quiet: bool = False, fields: str = "", start: float = 0
 ) -> Iterator[ProgressCallback]:
     """Yields `update(completed, total=None, **values)`; `fields` is a format string of values
-    shown after the bar (for example "loss {loss:.3g}")."""
+    shown after the bar (for example "loss {loss:.3g}"); `start` is where resumed work begins."""
     if quiet:
         yield lambda *args, **kwargs: None
         return
@@ -78,7 +78,7 @@ def progress(
     if fields:
         columns.append(TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task(description, total=total, status="")
+        task = bar.add_task(description, total=total, completed=start, status="")
 
         def update(completed: float, total: float | None = None, **values: object) -> None:
             status = fields.format(**values) if fields and values else ""
@@ -91,24 +91,28 @@ def progress(
 
 
 @contextmanager
-def download_progress(
-    description: str, total: int | None, quiet: bool = False
-) -> Iterator[ProgressCallback]:
-    """A byte-counting progress bar (size, speed, ETA), as a store `on_progress` callback."""
+def download_progress(description: str, quiet: bool = False) -> Iterator[ProgressCallback]:
+    """A byte-counting progress bar (size, speed, ETA) as a store `on_progress` callback. The bar
+    appears on the first call, so nothing shows when the file is already there."""
     if quiet:
         yield lambda *args, **kwargs: None
         return
-    columns = (
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
+        console=stderr,
     )
-    with Progress(*columns, console=stderr) as bar:
-        task = bar.add_task(description, total=total)
+    task = bar.add_task(description, total=None)
 
-        def update(completed: float, total: float | None = None, **values: object) -> None:
-            bar.update(task, completed=completed, total=total)
+    def update(completed: float, total: float | None = None, **values: object) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=completed, total=total)
 
+    try:
         yield update
+    finally:
+        bar.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -141,7 +139,7 @@ def apply(
 
     chosen_device = pick_device(device)
     dtype = resolve_precision(chosen_device, precision.value)
-    with _download_progress(style, quiet) as on_download:
+    with _console.download_progress(f"downloading {style}", quiet) as on_download:
         net, _ = load_style(style, on_progress=on_download)
     stylizer = Stylizer(net, chosen_device, dtype, tile_size=tile_size)
     runner = _Runner(
@@ -161,21 +159,6 @@ def apply(
         on_progress(runner.finished)
     if runner.failed:
         raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
-
-
-@contextmanager
-def _download_progress(style: str, quiet: bool) -> Iterator[_console.ProgressCallback]:
-    """A progress callback whose bar appears only once a download starts."""
-    with ExitStack() as stack:
-        bar: _console.ProgressCallback | None = None
-
-        def update(completed: float, total: float | None = None, **values: object) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = stack.enter_context(_console.progress(f"downloading {style}", total, quiet))
-            bar(completed, total, **values)
-
-        yield update
 
 
 def _file_label(path: Path) -> str:

@@ -91,9 +91,7 @@ def pull(
         if path.exists():
             _console.info(f"{name} is already installed", quiet)
         else:
-            with _console.download_progress(
-                f"Downloading {name}", entries[name].size, quiet
-            ) as update:
+            with _console.download_progress(f"downloading {name}", quiet) as update:
                 path = registry.pull(name, update)
             _console.info(f"Installed {name}", quiet)
         _console.result(str(path))

@@ -215,8 +215,8 @@ def _run(
 
     from stylize.store.registry import load_vgg19_weights
 
-    with ExitStack() as stack:
-        weights = load_vgg19_weights(_appearing_progress(stack, "downloading vgg19", quiet))
+    with _console.download_progress("downloading vgg19", quiet) as on_download:
+        weights = load_vgg19_weights(on_download)
     try:
         return transfer.run(weights, report, on_snapshot=on_snapshot, snapshot_every=snapshot_every)
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
@@ -275,19 +275,6 @@ class _Report:
 
 
 _TRACE_FIELDS = ("scale", "iteration", "width", "height", "content", "style", "tv")
-
-
-def _appearing_progress(stack: ExitStack, description: str, quiet: bool) -> Callable[..., None]:
-    """A progress callback whose bar appears on the first call (a download), not before."""
-    update: Callable[..., None] | None = None
-
-    def on_progress(completed: float, total: float | None = None, **values: object) -> None:
-        nonlocal update
-        if update is None:
-            update = stack.enter_context(_console.progress(description, total, quiet))
-        update(completed, total, **values)
-
-    return on_progress
 
 
 def _parse_blend(text: str | None) -> tuple[float, ...] | None:

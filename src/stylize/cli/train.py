@@ -214,7 +214,9 @@ def train(
         quiet,
     )
     vgg_weights = _vgg19_weights(quiet)
-    with _console.progress("training", plan.total_steps, quiet, PROGRESS_FIELDS) as update:
+    with _console.progress(
+        "training", plan.total_steps, quiet, PROGRESS_FIELDS, start=plan.start_step
+    ) as update:
         result = training.run_training(
             plan,
             vgg_weights,
@@ -256,9 +258,7 @@ def _default_name(style: Path) -> str:
 
 
 def _vgg19_weights(quiet: bool) -> dict[str, Tensor]:
-    from stylize.store.registry import VGG19, load_vgg19_weights, model_path
+    from stylize.store.registry import load_vgg19_weights
 
-    if model_path(VGG19).exists():
-        return load_vgg19_weights()
-    with _console.progress("downloading vgg19", None, quiet) as update:
+    with _console.download_progress("downloading vgg19", quiet) as update:
         return load_vgg19_weights(update)
