@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,10 +22,6 @@ from rich.progress import (
 
 stderr = Console(stderr=True)
 _debug = os.environ.get("STYLIZE_DEBUG", "") not in ("", "0")
-
-QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Do not show progress bars or messages.")
-]
 
 
 def set_debug(value: bool) -> None:

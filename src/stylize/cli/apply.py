@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stylize.cli import _console
+from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -20,13 +20,6 @@ if TYPE_CHECKING:
 
 # Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
 _FALLBACK_SUFFIX = ".png"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 def _positive(value: float) -> float:
@@ -99,11 +92,8 @@ def apply(
     preserve_color: Annotated[
         bool, typer.Option("--preserve-color", help="Keep the original image's colors.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[
-        Precision,
-        typer.Option(help="auto picks bf16/fp16 where the hardware runs it fast, else fp32."),
-    ] = Precision.auto,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images of the same size to stylize at once (GPU).")
     ] = 1,
@@ -116,7 +106,7 @@ def apply(
             show_default=False,
         ),
     ] = None,
-    quiet: _console.QuietOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Stylize images with a fast style model, writing one file per input.
 

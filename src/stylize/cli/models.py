@@ -10,24 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from stylize.cli import _console
-from stylize.errors import StylizeError
+from stylize.cli._options import QuietOption, valid_model_name
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def _valid_name(name: str | None) -> str | None:
-    from stylize.store.registry import validate_name
-
-    if name is None:
-        return None
-    try:
-        return validate_name(name)
-    except StylizeError as error:
-        raise typer.BadParameter(str(error)) from None
-
-
 NameArgument = Annotated[
-    str, typer.Argument(metavar="NAME", callback=_valid_name, help="The model's name.")
+    str, typer.Argument(metavar="NAME", callback=valid_model_name, help="The model's name.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -74,7 +63,7 @@ def list_models(as_json: JsonOption = False) -> None:
 @app.command("pull")
 def pull(
     names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Catalog entries.")],
-    quiet: _console.QuietOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Download and install catalog entries (see 'stylize models list')."""
     from stylize.store import catalog, registry
@@ -110,7 +99,9 @@ def import_model(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", callback=_valid_name, help="Store name (default: vgg19, or the file name)."
+            "--name",
+            callback=valid_model_name,
+            help="Store name (default: vgg19, or the file name).",
         ),
     ] = None,
     trust: Annotated[

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from stylize.cli import _console
+from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -33,13 +34,6 @@ class Optimizer(str, Enum):
 class Pooling(str, Enum):
     max = "max"
     avg = "avg"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 def optimize(
@@ -117,15 +111,12 @@ def optimize(
     seed: Annotated[
         int | None, typer.Option(help="Random seed (for --init noise).", show_default=False)
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[
-        Precision,
-        typer.Option(help="Arithmetic for the VGG19 passes; auto uses bf16/fp16 where fast."),
-    ] = Precision.auto,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT and other outputs if they exist.")
     ] = False,
-    quiet: _console.QuietOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
     from stylize.engine import imageio

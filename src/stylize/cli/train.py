@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from stylize.cli import _console
+from stylize.cli._options import (
+    DeviceOption,
+    Precision,
+    PrecisionOption,
+    QuietOption,
+    valid_model_name,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -23,18 +30,6 @@ PROGRESS_FIELDS = (
     "loss {loss:.3g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g}) "
     "{images_per_second:.1f} img/s"
 )
-
-
-def _valid_name(name: str | None) -> str | None:
-    from stylize.errors import StylizeError
-    from stylize.store.registry import validate_name
-
-    if name is None:
-        return None
-    try:
-        return validate_name(name)
-    except StylizeError as error:
-        raise typer.BadParameter(str(error)) from None
 
 
 def _layer_list(value: str) -> tuple[str, ...]:
@@ -65,7 +60,7 @@ def train(
         str | None,
         typer.Option(
             "--name",
-            callback=_valid_name,
+            callback=valid_model_name,
             help="Name of the model in the store (default: from the style image's file name).",
             show_default=False,
         ),
@@ -148,17 +143,12 @@ def train(
     workers: Annotated[
         int, typer.Option("--workers", min=0, help="Data loading processes (0: load in-line).")
     ] = 4,
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-    ] = "auto",
-    precision: Annotated[
-        str,
-        typer.Option("--precision", help="auto, fp32, bf16 or fp16 (mixed precision)."),
-    ] = "auto",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
     seed: Annotated[
         int, typer.Option("--seed", min=0, help="Seed for the initial weights and the data order.")
     ] = 0,
-    quiet: _console.QuietOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a fast style model from an artwork and a folder of photos."""
     from stylize.engine import training
@@ -201,7 +191,7 @@ def train(
         resume=resume,
         previews=preview or (),
     )
-    autocast_dtype = resolve_precision(plan.device, precision)
+    autocast_dtype = resolve_precision(plan.device, precision.value)
     quiet = quiet or not processes.is_main
     if len(plan.data.images) < training.FEW_IMAGES and processes.is_main:
         _console.warn(
