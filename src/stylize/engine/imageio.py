@@ -67,14 +67,15 @@ def load_image(path: str | Path) -> LoadedImage:
     if not path.is_file():
         raise StylizeError(f"not an image file: {path}")
     try:
-        # Pillow warns between MAX_IMAGE_PIXELS and twice that and raises beyond; both refuse.
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that (about 179 megapixels), and raises
+        # beyond. Large camera photos sit in the warning range, so only the error refuses.
         # Image.open only reads the header, so the size is checked before any pixel is decoded.
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 upright = ImageOps.exif_transpose(opened)
                 icc_profile = opened.info.get("icc_profile")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise StylizeError(f"refusing to read {path}: {error}") from None
     except UnidentifiedImageError:
         raise StylizeError(f"cannot read {path}: not an image format Pillow can decode") from None
@@ -199,6 +200,19 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
         raise StylizeError(f"cannot write {path}: it is a folder")
     if path.exists() and not overwrite:
         raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+    _check_writable_folder(path)
+
+
+def _check_writable_folder(path: Path) -> None:
+    # Creating a file is the only reliable test (permissions, read-only mounts, ACLs), and it is
+    # better to fail now than after minutes of work.
+    probe = path.parent / f".stylize-probe-{secrets.token_hex(4)}"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as error:
+        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+    probe.unlink()
 
 
 def save_image(
