@@ -29,7 +29,8 @@ class _ReportingGroup(TyperGroup):
             if _console.debug_enabled():
                 raise
             _console.error(
-                f"unexpected {type(error).__name__}: {error} (run with --debug for details)"
+                f"unexpected {type(error).__name__}: {error} "
+                "(for details, run again as 'stylize --debug COMMAND ...')"
             )
             raise typer.Exit(1) from None
 

@@ -110,4 +110,5 @@ def download_progress(description: str, quiet: bool = False) -> Iterator[Progres
     try:
         yield update
     finally:
-        bar.stop()
+        if bar.live.is_started:
+            bar.stop()
