@@ -259,6 +259,9 @@ def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_h
     [
         ("--strength", "1.5"),
         ("--scale", "0"),
+        ("--scale", "nan"),
+        ("--scale", "inf"),
+        ("-o", "-"),
         ("--max-size", "8"),
         ("--tile-size", "32"),
         ("--batch-size", "0"),
@@ -266,10 +269,12 @@ def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_h
         ("--overwrite", "--skip-existing"),
     ],
 )
-def test_bad_options_are_usage_errors(cli, style, make_image, options):
+def test_bad_options_are_usage_errors(cli, style, make_image, tmp_path, monkeypatch, options):
+    monkeypatch.chdir(tmp_path)
     result = cli("apply", make_image(), "-s", style, *options)
     assert result.exit_code == 2
     assert "Traceback" not in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["image.png"]
 
 
 @pytest.mark.parametrize(
@@ -293,3 +298,45 @@ def test_missing_inputs_and_empty_folders_fail_before_any_work(cli, style, tmp_p
     (tmp_path / "empty").mkdir()
     empty = cli("apply", tmp_path / "empty", "-s", style)
     assert empty.exit_code == 1 and "no images to stylize" in empty.stderr
+
+
+def test_an_absurd_scale_is_an_error_for_the_image_not_a_crash(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png", size=(96, 72))
+    result = cli("apply", photo, "-s", style, "--scale", "1000", "-o", tmp_path / "out.png")
+    assert result.exit_code == 1
+    assert f"{photo}: --scale 1000 would run the model on 96000x72000 pixels" in result.stderr
+    assert "1 of 1 images failed" in result.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_output_folder_that_cannot_be_created_is_one_clear_line(cli, style, make_image, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = cli("apply", make_image(), "-s", style, "-o", tmp_path / "a-file" / "styled")
+    assert result.exit_code == 1
+    assert "cannot create folder" in result.stderr and "unexpected" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("problem", ["same output", "unknown style"])
+def test_a_refused_run_creates_no_folder(cli, style, make_image, tmp_path, problem):
+    first, second = make_image("a/photo.png"), make_image("b/photo.png", seed=1)
+    arguments = [first, second, "-s", style] if problem == "same output" else [first, "-s", "no"]
+    result = cli("apply", *arguments, "-o", tmp_path / "out" / "deeper")
+    assert result.exit_code == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_given_twice_is_stylized_once(cli, style, make_image, tmp_path, monkeypatch):
+    photo = make_image("photo.png")
+    monkeypatch.chdir(tmp_path)
+    result = cli("apply", photo, photo, tmp_path / "." / "photo.png", "-s", style, "-o", "out")
+    assert result.exit_code == 0, result.stderr
+    assert written(result) == [str(Path("out") / "photo.tiny.png")]
+
+
+def test_max_size_keeps_the_short_edge_large_enough_to_stylize(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png", size=(96, 72))
+    result = cli("apply", photo, "-s", style, "--max-size", "16", "-o", tmp_path / "small.png")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(tmp_path / "small.png") as image:
+        assert image.size == (22, 16)

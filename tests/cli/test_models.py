@@ -207,14 +207,15 @@ def test_info_shows_path_checksum_and_metadata(cli, vgg_home):
     assert f"path: {path}" in lines
     assert f"sha256: {hashlib.sha256(path.read_bytes()).hexdigest()}" in lines
     assert "  trusted: no" in lines
-    assert "  url: https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in lines
+    # Not torchvision's published file, so the catalog's URL and checksum are not about it.
+    assert "catalog: -" in lines
 
     as_json = json.loads(cli("models", "info", "vgg19", "--json").stdout)
     assert as_json["path"] == str(path)
     assert as_json["installed"] is True
     assert as_json["metadata"]["kind"] == "loss-network"
     assert as_json["metadata"]["format"] == 1
-    assert as_json["catalog"]["sha256"] == "dcbb9e9d"
+    assert as_json["catalog"] is None
     assert as_json["license"] == "", "an unverified import has no known license"
 
 
@@ -246,3 +247,39 @@ def test_path_prints_the_store_folder(cli, stylize_home):
     result = cli("models", "path")
     assert result.exit_code == 0
     assert result.stdout.strip() == str(stylize_home)
+
+
+def _style_file(tmp_path, name: str):
+    import torch
+
+    from stylize.engine.transformer import TransformerConfig, TransformerNet
+
+    path = tmp_path / name
+    torch.save(
+        TransformerNet(TransformerConfig(channels=(4, 8, 8), residual_blocks=1)).state_dict(), path
+    )
+    return path
+
+
+def test_a_style_model_cannot_be_imported_as_the_loss_network(cli, vgg_home, tmp_path):
+    before = model_path("vgg19").read_bytes()
+    result = cli("models", "import", _style_file(tmp_path, "style.pth"), "--name", "vgg19",
+                 "--overwrite")  # fmt: skip
+    assert result.exit_code == 1
+    assert "'vgg19' is the catalog's loss-network" in result.stderr
+    assert model_path("vgg19").read_bytes() == before
+
+
+def test_importing_over_a_catalog_style_needs_overwrite_and_info_tells_them_apart(cli, tmp_path):
+    style = _style_file(tmp_path, "candy.pth")
+    refused = cli("models", "import", style)
+    assert refused.exit_code == 1
+    assert "'candy' is a catalog style" in refused.stderr and "--name" in refused.stderr
+    assert not model_path("candy").exists()
+
+    assert cli("models", "import", style, "--overwrite").exit_code == 0
+    info = cli("models", "info", "candy")
+    assert info.exit_code == 0, info.stderr
+    assert "source: imported" in info.stdout.splitlines()
+    assert "catalog: -" in info.stdout.splitlines()
+    assert "candy-9.onnx" not in info.stdout

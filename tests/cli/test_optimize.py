@@ -105,7 +105,10 @@ def test_existing_output_is_kept_unless_overwrite(cli, vgg_home, images, tmp_pat
         ({"style": "not-an-image.png"}, 1, "cannot read"),
         ({"-o": "no-such-folder/out.png"}, 1, "does not exist"),
         ({"-o": "out.gif"}, 1, "unsupported image type"),
-        ({"--style-blend": "0.5,0.3,0.2"}, 1, "3 weight(s) for 1 style image"),
+        ({"-o": "-"}, 2, "writing images to standard output is not supported"),
+        ({"--style-blend": "0.5,0.3,0.2"}, 2, "3 weight(s) for 1 style image"),
+        ({"--style-blend": "-1"}, 2, "non-negative numbers, not all zero"),
+        ({"--style-blend": "nan"}, 2, "non-negative numbers, not all zero"),
         ({"--style-blend": "a,b"}, 2, "not a comma-separated list of numbers"),
         ({"--style-layers": "relu1_1,relu9_1"}, 2, "unknown VGG19 layer 'relu9_1'"),
         ({"--size": "0"}, 2, "--size"),
@@ -113,7 +116,12 @@ def test_existing_output_is_kept_unless_overwrite(cli, vgg_home, images, tmp_pat
         ({"--init": "nowhere.png"}, 2, "neither content, noise, style nor an image file"),
         ({"--lr": "0.1"}, 2, "only --optimizer adam"),
         ({"--device": "tpu"}, 1, "unknown device 'tpu'"),
-        ({"--iterations": "1", "--scales": "2"}, 1, "1 iterations cannot cover 2 scales"),
+        ({"--iterations": "1", "--scales": "2"}, 2, "1 iterations cannot cover 2 scales"),
+        ({"--style-scale": "0"}, 2, "'--style-scale': must be a positive number"),
+        ({"--optimizer": "adam", "--lr": "-1"}, 2, "'--lr': must be a positive number"),
+        ({"--optimizer": "adam", "--lr": "inf"}, 2, "'--lr': must be a positive number"),
+        ({"--content-weight": "-1"}, 2, "'--content-weight': must be 0 or a positive number"),
+        ({"--tv-weight": "nan"}, 2, "'--tv-weight': must be 0 or a positive number"),
     ],
 )
 def test_bad_input_is_a_clear_error_before_any_work(
@@ -164,3 +172,41 @@ def test_ctrl_c_saves_the_image_so_far(vgg_home, images, tmp_path):
     with Image.open(out) as image:
         image.load()
         assert image.size == (48, 32)  # the coarse scale's image, brought to the output size
+
+
+@pytest.mark.parametrize(
+    ("arguments", "option", "message"),
+    [
+        (["-o", "{out}", "--trace", "{out}"], "--trace", "is also the output"),
+        (["-o", "{out}", "--trace", "{dir}/y.0002.png", "--save-every", "2"], "--trace",
+         "is also a --save-every snapshot"),
+        (["-o", "{out}", "--trace", "{content}", "--overwrite"], "--trace", "is an input"),
+        (["-o", "{content}", "--overwrite"], "--output", "is an input"),
+        (["-o", "{style}", "--overwrite"], "--output", "is an input"),
+        (["-o", "{dir}/../o2/./init.png", "--init", "{dir}/init.png", "--overwrite"], "--output",
+         "is an input"),
+        (["-o", "{dir}/c.png", "--save-every", "2", "--overwrite"], "--save-every",
+         "would replace the input"),
+    ],
+)  # fmt: skip
+def test_outputs_never_replace_inputs_or_each_other(
+    cli, images, tmp_path, monkeypatch, arguments, option, message
+):
+    monkeypatch.setenv("STYLIZE_MODEL_MIRROR", "http://127.0.0.1:9")  # no work may start
+    content, warm, _ = images
+    folder = tmp_path / "o2"
+    folder.mkdir()
+    init = folder / "init.png"
+    init.write_bytes(warm.read_bytes())
+    # A content photo whose name is a snapshot name of the output o2/c.png.
+    (folder / "c.0004.png").write_bytes(content.read_bytes())
+    inputs = {path: path.read_bytes() for path in (content, warm, init, folder / "c.0004.png")}
+    values = {"out": folder / "y.png", "dir": folder, "content": content, "style": warm}
+    options = [item.format(**values) for item in arguments]
+    photo = folder / "c.0004.png" if option == "--save-every" else content
+    result = cli("optimize", photo, warm, "--size", 32, "--iterations", 4, *options)
+    assert result.exit_code == 2, result.stderr
+    unwrapped = " ".join(result.stderr.replace("│", " ").split())
+    assert f"'{option}'" in unwrapped and message in unwrapped
+    assert not (folder / "y.png").exists()
+    assert {path: path.read_bytes() for path in inputs} == inputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,11 +124,13 @@ def test_unreadable_photos_are_skipped_and_counted(
     [
         ("missing style", "image not found"),
         ("missing data", "data folder not found"),
+        ("data is a file", "is a file, not a folder"),
+        ("style is a folder", "not an image file"),
         ("empty data", "no image files"),
         ("no images in data", "no image files"),
         ("unwritable workdir", "cannot use work folder"),
-        ("unknown layer", "unknown VGG19 layer 'relu6_1'"),
-        ("odd image size", "--image-size must be a multiple of 4"),
+        ("style named after a catalog style", "'candy' is a catalog style"),
+        ("style model named vgg19", "'vgg19' is the catalog's loss-network"),
         ("missing preview", "image not found"),
         ("resume without checkpoint", "no checkpoint to resume"),
     ],
@@ -136,12 +139,22 @@ def test_bad_input_fails_before_training(
     cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, problem: str, message: str
 ) -> None:
     workdir = tmp_path / "work"
+    vgg19_before = (vgg_home / "models" / "vgg19.safetensors").read_bytes()
     options: dict[str, object] = {"--style": art, "--data": photos, "--workdir": workdir}
     extra: list[object] = []
     if problem == "missing style":
         options["--style"] = tmp_path / "nowhere.png"
     elif problem == "missing data":
         options["--data"] = tmp_path / "nowhere"
+    elif problem == "data is a file":
+        options["--data"] = photos / "a.png"
+    elif problem == "style is a folder":
+        # A model named after the folder exists: the bad image must be what is reported.
+        (tmp_path / "style").mkdir()
+        options["--style"] = tmp_path / "style"
+        shutil.copy(
+            vgg_home / "models" / "vgg19.safetensors", vgg_home / "models" / "style.safetensors"
+        )
     elif problem == "empty data":
         (tmp_path / "empty").mkdir()
         options["--data"] = tmp_path / "empty"
@@ -152,10 +165,10 @@ def test_bad_input_fails_before_training(
     elif problem == "unwritable workdir":
         (tmp_path / "a-file").write_text("")
         options["--workdir"] = workdir = tmp_path / "a-file" / "work"
-    elif problem == "unknown layer":
-        extra = ["--style-layers", "relu1_1,relu6_1"]
-    elif problem == "odd image size":
-        extra = ["--image-size", "30"]
+    elif problem == "style named after a catalog style":
+        options["--style"] = shutil.copy(art, tmp_path / "candy.jpg")
+    elif problem == "style model named vgg19":
+        extra = ["--name", "vgg19", "--overwrite"]
     elif problem == "missing preview":
         extra = ["--preview", tmp_path / "nowhere.jpg"]
     elif problem == "resume without checkpoint":
@@ -166,7 +179,31 @@ def test_bad_input_fails_before_training(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "losses.csv").exists()
-    assert [path.name for path in (vgg_home / "models").iterdir()] == ["vgg19.safetensors"]
+    installed = {path.name: path.read_bytes() for path in (vgg_home / "models").iterdir()}
+    assert sorted(installed) in (["vgg19.safetensors"], ["style.safetensors", "vgg19.safetensors"])
+    assert installed["vgg19.safetensors"] == vgg19_before
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--image-size", "30", "--image-size must be a multiple of 4"),
+        ("--lr", "0", "'--lr': must be a positive number"),
+        ("--lr", "nan", "'--lr': must be a positive number"),
+        ("--style-weight", "-1", "'--style-weight': must be 0 or a positive number"),
+        ("--content-layers", "relu9_1", "unknown VGG19 layer 'relu9_1'"),
+        ("--style-layers", "relu1_1,relu6_1", "unknown VGG19 layer 'relu6_1'"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    cli, tmp_path: Path, photos: Path, art: Path, option: str, value: str, message: str
+) -> None:
+    workdir = tmp_path / "work"
+    result = cli("train", "-s", art, "--data", photos, "--workdir", workdir, option, value)
+    assert result.exit_code == 2, result.stderr
+    assert message in " ".join(result.stderr.replace("│", " ").split())
+    assert option in result.stderr
+    assert not workdir.exists()
 
 
 def test_steps_and_epochs_together_are_a_usage_error(cli, photos: Path, art: Path) -> None:

@@ -187,6 +187,8 @@ def test_bad_settings_are_refused(content, warm_style):
         (GatysSettings(content_layers=("relu6_1",)), "unknown VGG19 layer 'relu6_1'"),
         (GatysSettings(style_blend=(1, 2)), "2 weight"),
         (GatysSettings(size=0), "--size must be a positive"),
+        (GatysSettings(lr=float("inf")), "--lr must be a positive number, got inf"),
+        (GatysSettings(lr=float("nan")), "--lr must be a positive number, got nan"),
     ]:
         with pytest.raises(StylizeError, match=message):
             GatysTransfer(content, [warm_style], settings)

@@ -323,3 +323,64 @@ def test_pull_style_entry_converts_and_records_the_catalog(tmp_path, local_catal
     for name, tensor in network.state_dict().items():
         assert torch.equal(tensors[name], tensor)
     assert list((cache_dir() / "downloads").iterdir()) == []
+
+
+def _style_file(tmp_path, name: str):
+    from stylize.engine.transformer import TransformerConfig, TransformerNet
+
+    path = tmp_path / name
+    network = TransformerNet(TransformerConfig(channels=(4, 8, 8), residual_blocks=1))
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_a_catalog_name_never_takes_a_model_of_another_kind(tmp_path, random_vgg_pth):
+    style = _style_file(tmp_path, "style.pth")
+    meta = {"kind": "style", "source": "trained"}
+    for attempt in (
+        lambda: import_model(style, name="vgg19", overwrite=True),
+        lambda: install_model("vgg19", {"weight": torch.zeros(2)}, meta, overwrite=True),
+        lambda: import_model(random_vgg_pth, name="candy", trust=True, overwrite=True),
+    ):
+        with pytest.raises(StylizeError, match=r"is the catalog's .* choose another name"):
+            attempt()
+    assert not model_path("vgg19").exists() and not model_path("candy").exists()
+
+
+def test_a_catalog_style_is_shadowed_only_with_overwrite(tmp_path):
+    style = _style_file(tmp_path, "candy.pth")
+    with pytest.raises(StylizeError, match=r"'candy' is a catalog style.*--name.*--overwrite"):
+        import_model(style)
+    with pytest.raises(StylizeError, match="'candy' is a catalog style"):
+        install_model("candy", {"weight": torch.zeros(2)}, {"kind": "style", "source": "trained"})
+    assert not model_path("candy").exists()
+    assert import_model(style, overwrite=True) == "candy"
+    assert read_model_meta(model_path("candy"))["source"] == "imported"
+
+
+def test_vgg19_is_imported_under_its_catalog_name(random_vgg_pth):
+    # The documented offline path: the loss network's catalog name is the one to take.
+    assert import_model(random_vgg_pth, trust=True) == "vgg19"
+
+
+def test_describe_shows_the_catalog_entry_only_for_its_own_file(tmp_path, random_vgg_pth):
+    from stylize.store.registry import describe_model
+
+    assert describe_model("candy")["catalog"]["file_name"] == "candy-9.onnx"  # not installed
+    import_model(_style_file(tmp_path, "mine.pth"), name="candy", overwrite=True)
+    assert describe_model("candy")["catalog"] is None
+    import_model(random_vgg_pth, trust=True)  # not the published weights
+    assert describe_model("vgg19")["catalog"] is None
+
+
+def test_describe_shows_the_catalog_entry_of_a_pulled_or_published_file(
+    tmp_path, random_vgg_pth, local_catalog
+):
+    from stylize.store.registry import describe_model
+
+    local_catalog.serve("tiny", _style_file(tmp_path, "tiny.pth"))
+    pull("tiny")
+    assert describe_model("tiny")["catalog"]["file_name"] == "tiny.pth"
+    local_catalog.serve("vgg19", random_vgg_pth, kind="loss-network")
+    import_model(random_vgg_pth)  # the published checksum: the catalog's own file
+    assert describe_model("vgg19")["catalog"]["file_name"] == random_vgg_pth.name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -41,3 +43,34 @@ def valid_model_name(name: str | None) -> str | None:
         return validate_name(name)
     except StylizeError as error:
         raise typer.BadParameter(str(error)) from None
+
+
+def positive_number(value: float | None) -> float | None:
+    """Typer callback: a finite number above 0 (None when the option is not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a positive number, got {value}")
+    return value
+
+
+def non_negative_number(value: float) -> float:
+    """Typer callback: 0 or a finite positive number (NaN and infinity are refused)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be 0 or a positive number, got {value}")
+    return value
+
+
+def not_stdout(path: Path | None) -> Path | None:
+    """Typer callback for an output path: "-" would be a file named "-", not standard output."""
+    if path is not None and str(path) == "-":
+        raise typer.BadParameter("writing images to standard output is not supported; give a path")
+    return path
+
+
+def parse_layers(text: str, option: str) -> tuple[str, ...]:
+    """A comma-separated list of VGG19 layer names, or a usage error naming `option`."""
+    from stylize.engine.vgg import check_taps
+
+    try:
+        return check_taps([name.strip() for name in text.split(",") if name.strip()])
+    except StylizeError as error:
+        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -9,10 +10,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from stylize.cli import _console
-from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption
+from stylize.cli._options import (
+    DeviceOption,
+    Precision,
+    PrecisionOption,
+    QuietOption,
+    not_stdout,
+    positive_number,
+)
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
+    from PIL import Image
     from torch import Tensor
 
     from stylize.engine.imageio import LoadedImage
@@ -20,12 +29,6 @@ if TYPE_CHECKING:
 
 # Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
 _FALLBACK_SUFFIX = ".png"
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise typer.BadParameter("must be greater than 0")
-    return value
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def apply(
         typer.Option(
             "--output",
             "-o",
+            callback=not_stdout,
             help="Output file (one input) or folder. Default: STEM.STYLE.EXT beside each input.",
             show_default=False,
         ),
@@ -73,14 +77,15 @@ def apply(
         int | None,
         typer.Option(
             min=16,
-            help="Shrink images whose long edge exceeds this many pixels.",
+            help="Shrink images whose long edge exceeds this many pixels (never below 16 "
+            "pixels on the short edge, the least the model takes).",
             show_default=False,
         ),
     ] = None,
     scale: Annotated[
         float,
         typer.Option(
-            callback=_positive,
+            callback=positive_number,
             help="Run the model at this size factor: below 1, larger brush strokes; above 1, "
             "finer ones. The output keeps its size.",
         ),
@@ -119,7 +124,13 @@ def apply(
 
     label = style_name(style) or _file_label(Path(style))
     jobs = _plan(inputs, output, recursive, label)
-    jobs = _check_targets(jobs, overwrite=overwrite, skip_existing=skip_existing, quiet=quiet)
+    jobs = _check_targets(
+        jobs,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        quiet=quiet,
+        folders_created=output is not None and not _names_a_file(output),
+    )
     if not jobs:
         return
 
@@ -131,6 +142,7 @@ def apply(
     dtype = resolve_precision(chosen_device, precision.value)
     with _console.download_progress(f"downloading {style}", quiet) as on_download:
         net, _ = load_style(style, on_progress=on_download)
+    _create_folders(jobs)
     stylizer = Stylizer(net, chosen_device, dtype, tile_size=tile_size)
     runner = _Runner(
         stylizer,
@@ -159,7 +171,7 @@ def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) 
     """The input files and where each result goes."""
     from stylize.engine.imageio import find_images
 
-    sources: list[tuple[Path, Path]] = []  # (file, folder its relative output path starts at)
+    sources: dict[Path, tuple[Path, Path]] = {}  # resolved file: (file, its output's root)
     for item in inputs:
         if item.is_dir():
             # Results of an earlier run with this style sit beside their inputs: not inputs.
@@ -170,32 +182,36 @@ def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) 
             ]
             if not found:
                 _console.warn(f"no images in {item}")
-            sources.extend((file, item) for file in found)
+            for file in found:
+                sources.setdefault(file.resolve(), (file, item))
         elif item.is_file():
-            sources.append((item, item.parent))
+            sources.setdefault(item.resolve(), (item, item.parent))
         else:
             raise StylizeError(f"input not found: {item}")
     if not sources:
         raise StylizeError("no images to stylize")
 
-    if output is not None and output.suffix and not output.is_dir():
-        if len(inputs) == 1 and inputs[0].is_file():
-            return [_Job(sources[0][0], output)]
+    if output is not None and _names_a_file(output):
+        if len(sources) == 1 and inputs[0].is_file():
+            return [_Job(inputs[0], output)]
         raise typer.BadParameter(
             f"{output} looks like a file, but there are several inputs: give a folder",
             param_hint="'--output'",
         )
     jobs = []
-    for file, root in sources:
+    for file, root in sources.values():
         suffix = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
         name = f"{file.stem}.{label}{suffix}"
         if output is None:
             target = file.with_name(name)
         else:
             target = output / file.relative_to(root).with_name(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
         jobs.append(_Job(file, target))
     return jobs
+
+
+def _names_a_file(output: Path) -> bool:
+    return bool(output.suffix) and not output.is_dir()
 
 
 def _writable(suffix: str) -> bool:
@@ -205,9 +221,10 @@ def _writable(suffix: str) -> bool:
 
 
 def _check_targets(
-    jobs: list[_Job], *, overwrite: bool, skip_existing: bool, quiet: bool
+    jobs: list[_Job], *, overwrite: bool, skip_existing: bool, quiet: bool, folders_created: bool
 ) -> list[_Job]:
-    """Refuses before any work what could not be written; drops skipped jobs."""
+    """Refuses before any work what could not be written; drops skipped jobs. With
+    `folders_created`, a target's missing folder is left for `_create_folders`."""
     from stylize.engine.imageio import check_output_path
 
     sources = {job.source.resolve() for job in jobs}
@@ -225,9 +242,21 @@ def _check_targets(
         if job.target.exists() and skip_existing:
             _console.info(f"skipping {job.source}: {job.target} exists", quiet)
             continue
-        check_output_path(job.target, overwrite=overwrite)
+        if job.target.parent.exists() or not folders_created:
+            check_output_path(job.target, overwrite=overwrite)
         remaining.append(job)
     return remaining
+
+
+def _create_folders(jobs: list[_Job]) -> None:
+    """Creates the output folders, once every check has passed, so a refused run leaves none."""
+    for folder in sorted({job.target.parent for job in jobs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StylizeError(
+                f"cannot create folder {folder}: {error.strerror or error}"
+            ) from None
 
 
 class _Runner:
@@ -256,16 +285,15 @@ class _Runner:
         self.failed = 0
 
     def add(self, job: _Job) -> None:
-        from stylize.engine.imageio import load_image, resize_long_edge, to_tensor
+        from stylize.engine.imageio import load_image, to_tensor
 
         try:
             image = load_image(job.source)
+            rgb = image.rgb if self.max_size is None else _shrunk(image.rgb, self.max_size)
+            _check_scaled_size(rgb, self.scale)
         except StylizeError as error:
             self._fail(job, error)
             return
-        rgb = image.rgb
-        if self.max_size is not None and max(rgb.size) > self.max_size:
-            rgb = resize_long_edge(rgb, self.max_size)
         content = to_tensor(rgb)
         if self.batch and self.batch[0][2].shape != content.shape:
             self.flush()
@@ -306,6 +334,31 @@ class _Runner:
         _console.error(message if str(job.source) in message else f"{job.source}: {message}")
         self.failed += 1
         self.finished += 1
+
+
+def _shrunk(image: Image.Image, max_size: int) -> Image.Image:
+    """`image` with its long edge at most `max_size`, except that the short edge stays at least
+    as large as the model takes (so a very wide image keeps a longer long edge)."""
+    from stylize.engine.imageio import resize_long_edge
+    from stylize.engine.inference import MIN_IMAGE_SIZE
+
+    long_edge, short_edge = max(image.size), min(image.size)
+    target = max(max_size, math.ceil(MIN_IMAGE_SIZE * long_edge / short_edge))
+    return resize_long_edge(image, target) if target < long_edge else image
+
+
+def _check_scaled_size(image: Image.Image, scale: float) -> None:
+    """Refuses a --scale that would make the model's input larger than Pillow lets an image
+    be: the resized copy alone would need gigabytes."""
+    from PIL import Image
+
+    width, height = (round(side * scale) for side in image.size)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise StylizeError(
+            f"--scale {scale:g} would run the model on {width}x{height} pixels, more than the "
+            f"{limit:,} an image may have; use a smaller --scale or --max-size"
+        )
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:

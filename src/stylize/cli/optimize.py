@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from enum import Enum
@@ -12,7 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from stylize.cli import _console
-from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption
+from stylize.cli._options import (
+    DeviceOption,
+    Precision,
+    PrecisionOption,
+    QuietOption,
+    non_negative_number,
+    not_stdout,
+    parse_layers,
+    positive_number,
+)
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -48,11 +58,19 @@ def optimize(
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Where to write the result (.png, .jpg, .webp, .tif)."),
+        typer.Option(
+            "--output",
+            "-o",
+            callback=not_stdout,
+            help="Where to write the result (.png, .jpg, .webp, .tif).",
+        ),
     ],
     size: Annotated[int, typer.Option(min=1, help="Long edge of the output in pixels.")] = 512,
     style_scale: Annotated[
-        float, typer.Option(help="Size of the style images relative to the output.")
+        float,
+        typer.Option(
+            callback=positive_number, help="Size of the style images relative to the output."
+        ),
     ] = 1.0,
     style_blend: Annotated[
         str | None,
@@ -67,12 +85,22 @@ def optimize(
     optimizer: Annotated[Optimizer, typer.Option(help="L-BFGS or Adam.")] = Optimizer.lbfgs,
     lr: Annotated[
         float | None,
-        typer.Option(help="Adam's step size in pixel values (0-1); 0.02 if not given."),
+        typer.Option(
+            callback=positive_number,
+            help="Adam's step size in pixel values (0-1); 0.02 if not given.",
+        ),
     ] = None,
-    content_weight: Annotated[float, typer.Option(help="Weight of the content loss.")] = 1.0,
-    style_weight: Annotated[float, typer.Option(help="Weight of the style loss.")] = 1.0,
+    content_weight: Annotated[
+        float, typer.Option(callback=non_negative_number, help="Weight of the content loss.")
+    ] = 1.0,
+    style_weight: Annotated[
+        float, typer.Option(callback=non_negative_number, help="Weight of the style loss.")
+    ] = 1.0,
     tv_weight: Annotated[
-        float, typer.Option(help="Weight of the smoothness (total variation) loss.")
+        float,
+        typer.Option(
+            callback=non_negative_number, help="Weight of the smoothness (total variation) loss."
+        ),
     ] = 5.0,
     content_layers: Annotated[
         str, typer.Option(help="VGG19 layers that carry the content, comma-separated.")
@@ -121,21 +149,33 @@ def optimize(
     """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
     from stylize.engine import imageio
     from stylize.engine.device import pick_device, resolve_precision
-    from stylize.engine.gatys import GatysSettings, GatysTransfer
+    from stylize.engine.gatys import GatysSettings, GatysTransfer, default_scale_count
 
     if lr is not None and optimizer is not Optimizer.adam:
-        raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="--lr")
+        raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="'--lr'")
+    scale_count = scales or default_scale_count(size)
+    if iterations < scale_count:
+        raise typer.BadParameter(
+            f"{iterations} iterations cannot cover {scale_count} scales: use more",
+            param_hint="'--iterations'",
+        )
+    init_path = None if init in _INIT_KEYWORDS else Path(init)
+    snapshot_every = save_every or 0
+    snapshots = _snapshot_paths(output, iterations, snapshot_every)
+    _refuse_collisions(
+        output, trace, snapshots, inputs=[content, *styles, *([init_path] if init_path else [])]
+    )
     settings = GatysSettings(
         size=size,
         style_scale=style_scale,
-        style_blend=_parse_blend(style_blend),
+        style_blend=_parse_blend(style_blend, len(styles)),
         iterations=iterations,
         optimizer=optimizer.value,
         content_weight=content_weight,
         style_weight=style_weight,
         tv_weight=tv_weight,
-        content_layers=_parse_layers(content_layers, "--content-layers"),
-        style_layers=_parse_layers(style_layers, "--style-layers"),
+        content_layers=parse_layers(content_layers, "--content-layers"),
+        style_layers=parse_layers(style_layers, "--style-layers"),
         pooling=pooling.value,
         init=init if init in _INIT_KEYWORDS else "image",
         scales=scales,
@@ -145,8 +185,9 @@ def optimize(
     )
     content_image = imageio.load_image(content)
     style_images = [imageio.load_image(path).rgb for path in styles]
-    init_image = None if init in _INIT_KEYWORDS else _load_init(init)
+    init_image = None if init_path is None else _load_init(init_path)
     imageio.check_output_path(output, overwrite=overwrite)
+    _check_snapshot_paths(snapshots, overwrite)
     chosen_device = pick_device(device)
     autocast_dtype = resolve_precision(chosen_device, precision.value)
     transfer = GatysTransfer(
@@ -157,8 +198,6 @@ def optimize(
         autocast_dtype=autocast_dtype,
         init_image=init_image,
     )
-    snapshot_every = save_every or 0
-    _check_snapshot_paths(output, sum(transfer.iterations), snapshot_every, overwrite)
 
     def save(image: Tensor, path: Path) -> Path:
         return imageio.save_image(
@@ -268,34 +307,34 @@ class _Report:
 _TRACE_FIELDS = ("scale", "iteration", "width", "height", "content", "style", "tv")
 
 
-def _parse_blend(text: str | None) -> tuple[float, ...] | None:
+def _parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(float(part) for part in text.split(","))
+        weights = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise typer.BadParameter(
-            f"'{text}' is not a comma-separated list of numbers", param_hint="--style-blend"
+            f"'{text}' is not a comma-separated list of numbers", param_hint="'--style-blend'"
         ) from None
+    if len(weights) != style_count:
+        raise typer.BadParameter(
+            f"{len(weights)} weight(s) for {style_count} style image(s): give one each",
+            param_hint="'--style-blend'",
+        )
+    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or not any(weights):
+        raise typer.BadParameter(
+            "weights must be non-negative numbers, not all zero", param_hint="'--style-blend'"
+        )
+    return weights
 
 
-def _parse_layers(text: str, option: str) -> tuple[str, ...]:
-    from stylize.engine.vgg import check_taps
-
-    try:
-        return check_taps([name.strip() for name in text.split(",") if name.strip()])
-    except StylizeError as error:
-        raise typer.BadParameter(str(error), param_hint=option) from None
-
-
-def _load_init(init: str) -> Image.Image:
+def _load_init(path: Path) -> Image.Image:
     from stylize.engine.imageio import load_image
 
-    path = Path(init)
     if not path.exists():
         raise typer.BadParameter(
-            f"'{init}' is neither {', '.join(_INIT_KEYWORDS)} nor an image file",
-            param_hint="--init",
+            f"'{path}' is neither {', '.join(_INIT_KEYWORDS)} nor an image file",
+            param_hint="'--init'",
         )
     return load_image(path).rgb
 
@@ -304,11 +343,48 @@ def _snapshot_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}.{iteration:04d}{output.suffix}")
 
 
-def _check_snapshot_paths(output: Path, iterations: int, every: int, overwrite: bool) -> None:
+def _snapshot_paths(output: Path, iterations: int, every: int) -> list[Path]:
     if every <= 0:
+        return []
+    return [_snapshot_path(output, iteration) for iteration in range(every, iterations + 1, every)]
+
+
+def _refuse_collisions(
+    output: Path, trace: Path | None, snapshots: list[Path], inputs: list[Path]
+) -> None:
+    """Outputs never replace an input or each other, not even with --overwrite: a collision
+    would be found only when the result is saved, after all the work."""
+    read = {path.resolve(): path for path in inputs}
+    written = output.resolve()
+    if written in read:
+        raise typer.BadParameter(
+            f"{output} is an input; results never replace inputs", param_hint="'--output'"
+        )
+    # One folder for all snapshots: resolving each of thousands of paths would be slow.
+    folder = output.parent.resolve()
+    snapshot_set = {folder / snapshot.name for snapshot in snapshots}
+    replaced = sorted(snapshot_set & read.keys())
+    if replaced:
+        raise typer.BadParameter(
+            f"the snapshot {replaced[0].name} would replace the input {read[replaced[0]]}; "
+            "results never replace inputs",
+            param_hint="'--save-every'",
+        )
+    if trace is None:
         return
-    for iteration in range(every, iterations + 1, every):
-        path = _snapshot_path(output, iteration)
+    traced = trace.resolve()
+    if traced in read:
+        raise typer.BadParameter(
+            f"{trace} is an input; results never replace inputs", param_hint="'--trace'"
+        )
+    if traced == written:
+        raise typer.BadParameter(f"{trace} is also the output (-o)", param_hint="'--trace'")
+    if traced in snapshot_set:
+        raise typer.BadParameter(f"{trace} is also a --save-every snapshot", param_hint="'--trace'")
+
+
+def _check_snapshot_paths(snapshots: list[Path], overwrite: bool) -> None:
+    for path in snapshots:
         if path.exists() and not overwrite:
             raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
 

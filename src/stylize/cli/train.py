@@ -14,6 +14,9 @@ from stylize.cli._options import (
     Precision,
     PrecisionOption,
     QuietOption,
+    non_negative_number,
+    parse_layers,
+    positive_number,
     valid_model_name,
 )
 
@@ -30,10 +33,6 @@ PROGRESS_FIELDS = (
     "loss {loss:.3g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g}) "
     "{images_per_second:.1f} img/s"
 )
-
-
-def _layer_list(value: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 def train(
@@ -81,15 +80,28 @@ def train(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
     ] = 4,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[
+        float, typer.Option("--lr", callback=positive_number, help="Adam learning rate.")
+    ] = 1e-3,
     content_weight: Annotated[
-        float, typer.Option("--content-weight", help="Weight of the content loss.")
+        float,
+        typer.Option(
+            "--content-weight", callback=non_negative_number, help="Weight of the content loss."
+        ),
     ] = 1.0,
     style_weight: Annotated[
-        float, typer.Option("--style-weight", help="Weight of the style loss.")
+        float,
+        typer.Option(
+            "--style-weight", callback=non_negative_number, help="Weight of the style loss."
+        ),
     ] = 1.0,
     tv_weight: Annotated[
-        float, typer.Option("--tv-weight", help="Weight of the total variation (smoothness) loss.")
+        float,
+        typer.Option(
+            "--tv-weight",
+            callback=non_negative_number,
+            help="Weight of the total variation (smoothness) loss.",
+        ),
     ] = 5.0,
     image_size: Annotated[
         int, typer.Option("--image-size", help="Side of the square training crops, in pixels.")
@@ -153,33 +165,40 @@ def train(
     """Train a fast style model from an artwork and a folder of photos."""
     from stylize.engine import training
     from stylize.engine.device import pick_device, resolve_precision
+    from stylize.engine.imageio import load_image
     from stylize.errors import StylizeError
     from stylize.store.paths import cache_dir
-    from stylize.store.registry import install_model, model_path
+    from stylize.store.registry import check_install_name, install_model
 
     if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="--epochs")
+        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="'--epochs'")
     if steps is None and epochs is None:
         steps = DEFAULT_STEPS
+    try:
+        settings = training.TrainSettings(
+            image_size=image_size,
+            batch_size=batch_size,
+            learning_rate=lr,
+            content_weight=content_weight,
+            style_weight=style_weight,
+            tv_weight=tv_weight,
+            style_size=style_size,
+            content_layers=parse_layers(content_layers, "--content-layers"),
+            style_layers=parse_layers(style_layers, "--style-layers"),
+            seed=seed,
+        )
+    except StylizeError as error:
+        # What is left to check depends on several options (sizes against layers); each
+        # message names its option.
+        raise typer.BadParameter(str(error)) from None
+    # The files first: a bad style image explains more than the name it would give.
+    load_image(style)
+    if data.exists() and not data.is_dir():
+        raise StylizeError(f"--data {data} is a file, not a folder of training photos")
     name = name or _default_name(style)
     processes = training.Processes.from_environment()
-    if processes.is_main and model_path(name).exists() and not overwrite:
-        raise StylizeError(
-            f"a model named {name!r} is already installed (choose another --name, or pass "
-            "--overwrite to replace it when training ends)"
-        )
-    settings = training.TrainSettings(
-        image_size=image_size,
-        batch_size=batch_size,
-        learning_rate=lr,
-        content_weight=content_weight,
-        style_weight=style_weight,
-        tv_weight=tv_weight,
-        style_size=style_size,
-        content_layers=_layer_list(content_layers),
-        style_layers=_layer_list(style_layers),
-        seed=seed,
-    )
+    if processes.is_main:
+        check_install_name(name, "style", source="trained", overwrite=overwrite)
     plan = training.prepare_training(
         style_image=style,
         data_folder=data,

@@ -493,8 +493,8 @@ def _check_settings(settings: GatysSettings, init_image: Image.Image | None) -> 
         raise StylizeError(
             f"unknown optimizer '{settings.optimizer}': choose from {', '.join(OPTIMIZERS)}"
         )
-    if not settings.lr > 0:
-        raise StylizeError(f"--lr must be positive, got {settings.lr}")
+    if not (math.isfinite(settings.lr) and settings.lr > 0):
+        raise StylizeError(f"--lr must be a positive number, got {settings.lr}")
     for name in ("content_weight", "style_weight", "tv_weight"):
         value = getattr(settings, name)
         if not (math.isfinite(value) and value >= 0):

@@ -57,12 +57,34 @@ def install_model(
 ) -> Path:
     """Writes a native model file into the store; `meta` needs `kind` and `source`."""
     path = model_path(name)
-    _refuse_existing(name, overwrite)
     if meta.get("source") not in SOURCES:
         raise StylizeError(f"cannot install {name!r}: unknown source {meta.get('source')!r}")
+    check_install_name(name, meta["kind"], source=meta["source"], overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     full_meta = {"license": "", "description": "", **meta, "name": name}
     return write_model_file(path, tensors, full_meta, overwrite=overwrite)
+
+
+def check_install_name(name: str, kind: str, *, source: str, overwrite: bool) -> None:
+    """Fails unless a `kind` model from `source` may be installed as `name`.
+
+    A catalog entry's name never takes a model of another kind (optimize would find a style
+    model as `vgg19`). A style model made here takes a catalog style's name only with
+    `overwrite`, since it hides that style from then on. The loss network is the exception on
+    purpose: importing it as `vgg19` is how it is installed offline.
+    """
+    entry = catalog.load_catalog().get(validate_name(name))
+    if entry is not None and entry.kind != kind:
+        raise StylizeError(
+            f"{name!r} is the catalog's {entry.kind}, so a {kind} model cannot take that name: "
+            "choose another name with --name"
+        )
+    _refuse_existing(name, overwrite)
+    if entry is not None and kind == "style" and source != "catalog" and not overwrite:
+        raise StylizeError(
+            f"{name!r} is a catalog style: choose another name with --name, or pass --overwrite "
+            "to install this model in its place"
+        )
 
 
 def import_model(
@@ -231,6 +253,19 @@ def describe_model(name: str) -> dict[str, Any]:
     meta = read_model_meta(path) if installed else {}
     # An installed file speaks for itself: an import may not carry the catalog's license.
     shown = meta if installed or entry is None else _catalog_meta(entry)
+    # The catalog entry describes a file of its own, which an installed model may not be.
+    catalog_file = None
+    if entry is not None and (
+        not installed
+        or meta.get("source") == "catalog"
+        or entry.checksum_matches(str(meta.get("original_sha256", "")))
+    ):
+        catalog_file = {
+            "url": entry.url,
+            "file_name": entry.file_name,
+            "sha256": entry.sha256,
+            "size": entry.size,
+        }
     return {
         "name": name,
         "kind": shown["kind"],
@@ -242,14 +277,7 @@ def describe_model(name: str) -> dict[str, Any]:
         "license": shown.get("license", ""),
         "description": shown.get("description", ""),
         "metadata": meta,
-        "catalog": None
-        if entry is None
-        else {
-            "url": entry.url,
-            "file_name": entry.file_name,
-            "sha256": entry.sha256,
-            "size": entry.size,
-        },
+        "catalog": catalog_file,
     }
 
 
