@@ -76,3 +76,19 @@ def test_losses_pass_gradients_to_the_features():
     loss.backward()
     assert features.grad is not None
     assert torch.all(features.grad < 0)  # both pull the features up towards the target
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_gram_matrix_gradient_is_that_of_the_plain_product(memory_format):
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 4, 6).contiguous(memory_format=memory_format)
+    features.requires_grad_()
+    flat = features.flatten(2)
+    plain = flat @ flat.mT / (5 * 4 * 6)
+    gram = gram_matrix(features)
+    torch.testing.assert_close(gram, plain)
+    # Not symmetric, unlike the style loss's, so both halves of the product's gradient show.
+    upstream = torch.randn(2, 5, 5)
+    (got,) = torch.autograd.grad(gram, features, upstream)
+    (want,) = torch.autograd.grad(plain, features, upstream)
+    torch.testing.assert_close(got, want)

@@ -1,5 +1,7 @@
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from stylize.engine.transformer import (
     TransformerConfig,
@@ -51,6 +53,109 @@ def test_output_has_the_input_size_for_multiples_of_four():
         assert net(torch.rand(2, 3, 20, 28) * 255).shape == (2, 3, 20, 28)
 
 
+class PlainTransformer(nn.Module):
+    """pytorch/examples' network written plainly: upsampled images, padding modules, nn norms."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        full, half, quarter = config.channels
+
+        def conv(inputs: int, outputs: int, kernel: int, stride: int = 1) -> nn.Module:
+            layer = nn.Module()
+            layer.conv2d = nn.Conv2d(inputs, outputs, kernel, stride)
+            return layer
+
+        self.conv1, self.in1 = conv(3, full, 9), nn.InstanceNorm2d(full, affine=True)
+        self.conv2, self.in2 = conv(full, half, 3, 2), nn.InstanceNorm2d(half, affine=True)
+        self.conv3, self.in3 = conv(half, quarter, 3, 2), nn.InstanceNorm2d(quarter, affine=True)
+        self.blocks = config.residual_blocks
+        for number in range(1, self.blocks + 1):
+            block = nn.Module()
+            block.conv1, block.in1 = (
+                conv(quarter, quarter, 3),
+                nn.InstanceNorm2d(quarter, affine=True),
+            )
+            block.conv2, block.in2 = (
+                conv(quarter, quarter, 3),
+                nn.InstanceNorm2d(quarter, affine=True),
+            )
+            self.add_module(f"res{number}", block)
+        self.deconv1, self.in4 = conv(quarter, half, 3), nn.InstanceNorm2d(half, affine=True)
+        self.deconv2, self.in5 = conv(half, full, 3), nn.InstanceNorm2d(full, affine=True)
+        self.deconv3 = conv(full, 3, 9)
+
+    @staticmethod
+    def run(layer: nn.Module, x: Tensor, upsample: bool = False) -> Tensor:
+        if upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        padding = layer.conv2d.kernel_size[0] // 2
+        return layer.conv2d(F.pad(x, (padding,) * 4, mode="reflect"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.in1(self.run(self.conv1, x)))
+        x = F.relu(self.in2(self.run(self.conv2, x)))
+        x = F.relu(self.in3(self.run(self.conv3, x)))
+        for number in range(1, self.blocks + 1):
+            block = getattr(self, f"res{number}")
+            y = F.relu(block.in1(self.run(block.conv1, x)))
+            x = x + block.in2(self.run(block.conv2, y))
+        x = F.relu(self.in4(self.run(self.deconv1, x, upsample=True)))
+        x = F.relu(self.in5(self.run(self.deconv2, x, upsample=True)))
+        return self.run(self.deconv3, x)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_network_computes_the_plain_pytorch_examples_function_and_gradients(batch, memory_format):
+    torch.manual_seed(0)
+    config = TransformerConfig(channels=(4, 6, 8), residual_blocks=2)
+    net = TransformerNet(config).double().to(memory_format=memory_format)
+    plain = PlainTransformer(config).double()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.normal_(0.0, 0.3)
+    plain.load_state_dict(net.state_dict())
+    # Not square, and the quarter-resolution grid is odd (5 x 7): edge handling shows.
+    images = (torch.rand(batch, 3, 20, 28, dtype=torch.float64) * 255).contiguous(
+        memory_format=memory_format
+    )
+    stylized = net(images)
+    expected = plain(images)
+    torch.testing.assert_close(stylized, expected)
+    assert stylized.is_contiguous(memory_format=memory_format)
+
+    upstream = torch.randn_like(expected)
+    gradients = torch.autograd.grad(stylized, list(net.parameters()), upstream)
+    expected_gradients = torch.autograd.grad(expected, list(plain.parameters()), upstream)
+    for (name, _), got, want in zip(
+        net.named_parameters(), gradients, expected_gradients, strict=True
+    ):
+        torch.testing.assert_close(got, want, msg=lambda message, name=name: f"{name}: {message}")
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_upsampling_convolution_equals_upsample_pad_and_convolve(memory_format):
+    torch.manual_seed(0)
+    net = TransformerNet(TransformerConfig(channels=(4, 6, 8), residual_blocks=0)).double()
+    layer = net.deconv1
+    features = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    features = features.contiguous(memory_format=memory_format).requires_grad_()
+    upsampled = F.interpolate(features, scale_factor=2, mode="nearest")
+    expected = layer.conv2d(F.pad(upsampled, (1, 1, 1, 1), mode="reflect"))
+    result = layer(features)
+    assert result.shape == (2, 6, 10, 14)
+    torch.testing.assert_close(result, expected)
+
+    upstream = torch.randn_like(expected)
+    inputs = [features, layer.conv2d.weight, layer.conv2d.bias]
+    for got, want in zip(
+        torch.autograd.grad(result, inputs, upstream),
+        torch.autograd.grad(expected, inputs, upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_instance_norm_shortcuts_match_instance_norm(batch):
     norm = torch.nn.InstanceNorm2d(6, affine=True)
@@ -61,6 +166,18 @@ def test_instance_norm_shortcuts_match_instance_norm(batch):
     channels_last = features.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(instance_norm(norm, features), norm(features))
     torch.testing.assert_close(instance_norm(norm, channels_last), norm(features))
+
+    upstream = torch.randn_like(features)
+    parameters = [norm.weight, norm.bias]
+    plain = features.clone().requires_grad_()
+    expected = torch.autograd.grad(norm(plain), [plain, *parameters], upstream)
+    for layout in (features, channels_last):
+        layout = layout.clone().requires_grad_()
+        normalized = instance_norm(norm, layout)
+        assert normalized.stride() == layout.stride()
+        gradients = torch.autograd.grad(normalized, [layout, *parameters], upstream)
+        for got, want in zip(gradients, expected, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 def test_a_batch_is_stylized_like_its_images_one_by_one():
