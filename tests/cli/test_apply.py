@@ -8,36 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize.engine.transformer import TransformerConfig, TransformerNet
+from style_nets import random_style_net
+from stylize.engine.transformer import TransformerConfig
 from stylize.store.registry import install_model, model_path
 
 TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
 
 
-def random_style_net(seed: int = 0) -> TransformerNet:
-    """Random weights scaled like a trained network's: outputs spread over [0, 255] rather than
-    clipped to its ends, so comparisons of results mean something."""
-    torch.manual_seed(seed)
-    net = TransformerNet(TINY).eval()
-    with torch.no_grad():
-        for name, parameter in net.named_parameters():
-            if name.split(".")[-2].startswith("in"):
-                if name.endswith("weight"):
-                    parameter.uniform_(0.5, 1.5)
-                else:
-                    parameter.normal_(0, 0.5)
-        final = net.deconv3.conv2d
-        final.bias.zero_()
-        spread = net(torch.rand(1, 3, 32, 32) * 255).std()
-        final.weight.mul_(60 / spread)
-        final.bias.fill_(128)
-    return net
-
-
 @pytest.fixture
 def style(stylize_home: Path) -> str:
     """A random style model installed in the store as `tiny`."""
-    state = random_style_net().state_dict()
+    state = random_style_net(config=TINY).state_dict()
     meta = {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
     install_model("tiny", state, meta)
     return "tiny"
@@ -73,7 +54,7 @@ def test_result_is_what_the_model_computes(cli, style, make_image):
     assert result.exit_code == 0, result.stderr
     with torch.no_grad():
         content = to_tensor(load_image(photo).rgb)
-        expected = (random_style_net()(content * 255)[0] / 255).clamp(0, 1)
+        expected = (random_style_net(config=TINY)(content * 255)[0] / 255).clamp(0, 1)
     expected_pixels = (expected * 255).round().permute(1, 2, 0).numpy().astype(np.int16)
     assert np.abs(pixels(photo.with_name("photo.tiny.png")) - expected_pixels).max() <= 1
 
@@ -212,7 +193,7 @@ def test_batches_and_tiles_do_not_change_the_result(cli, style, make_image, tmp_
 
 def test_style_given_as_a_pytorch_examples_file(cli, make_image, tmp_path):
     model = tmp_path / "starry.pth"
-    torch.save(random_style_net(seed=4).state_dict(), model)
+    torch.save(random_style_net(seed=4, config=TINY).state_dict(), model)
     photo = make_image("photo.png")
     result = cli("apply", photo, "--style", model)
     assert result.exit_code == 0, result.stderr
@@ -223,7 +204,7 @@ def test_catalog_style_is_downloaded_on_first_use(
     cli, make_image, tmp_path, local_catalog, http_server
 ):
     served = tmp_path / "candy.pth"
-    torch.save(random_style_net(seed=5).state_dict(), served)
+    torch.save(random_style_net(seed=5, config=TINY).state_dict(), served)
     local_catalog.serve("candy", served)
     photo = make_image("photo.png")
     first = cli("apply", photo, "-s", "candy")
