@@ -3,13 +3,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stylize.engine.layers import instance_norm
 from stylize.engine.transformer import (
     TransformerConfig,
     TransformerNet,
     check_tensors,
     expected_shapes,
     infer_config,
-    instance_norm,
     load_transformer,
 )
 from stylize.errors import StylizeError

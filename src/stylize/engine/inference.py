@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylize.engine.color import preserve_color as keep_content_colors
-from stylize.engine.transformer import TransformerNet
+from stylize.engine.stylenet import StyleNet
 from stylize.errors import StylizeError
 
 MIN_TILE_SIZE = 64
@@ -32,6 +32,10 @@ _ALIGN = 4
 # Context computed around each tile and then dropped, in quarter-resolution pixels: the encoder's
 # convolutions reach 7 full-resolution pixels, the decoder's 2 quarter-resolution ones.
 _HALO = 2
+# Each stage's output size in quarter-resolution pixels: the encoder halves the size twice, the
+# decoder doubles it twice.
+_ENCODER_SCALES = (4, 2, 1)
+_DECODER_SCALES = (2, 4, 4)
 # Measured peak memory of a forward pass, per pixel and per full-resolution channel (those
 # stages dominate): about 600 bytes a pixel for the default network in float32, 400 in bfloat16.
 _BYTES_PER_PIXEL_PER_CHANNEL = {4: 20, 2: 14}
@@ -43,7 +47,7 @@ Statistics = tuple[Tensor, Tensor]
 
 
 class Stylizer:
-    """A transform network placed on a device, ready to stylize image batches.
+    """A style network placed on a device, ready to stylize image batches.
 
     `dtype` is the compute precision (None: float32). Images with more than `tile_size`**2
     pixels run in tiles of that side; None picks the largest that fits the device's memory.
@@ -52,7 +56,7 @@ class Stylizer:
 
     def __init__(
         self,
-        net: TransformerNet,
+        net: StyleNet,
         device: torch.device,
         dtype: torch.dtype | None = None,
         *,
@@ -70,7 +74,7 @@ class Stylizer:
             # Shell loops and batches repeat the same sizes, so autotuning pays off.
             torch.backends.cudnn.benchmark = True
         if tile_size is None:
-            tile_size = self._largest_tile(net.config.channels[0])
+            tile_size = self._largest_tile(net.full_resolution_channels)
         if tile_size < MIN_TILE_SIZE:
             raise StylizeError(f"tile size must be at least {MIN_TILE_SIZE}, got {tile_size}")
         self.tile_size = tile_size - tile_size % _ALIGN
@@ -104,12 +108,12 @@ class Stylizer:
             )
         with torch.inference_mode():
             work = content if size == (height, width) else _resize(content, size)
-            padded = _pad_to_multiple(work * 255.0, _ALIGN)
+            padded = _pad_to_multiple(work * self.net.pixel_scale, _ALIGN)
             if padded.shape[-2] * padded.shape[-1] <= self.tile_size**2:
                 raw = torch.cat([self._run_whole(chunk) for chunk in self._chunks(padded)])
             else:
                 raw = torch.cat([self._run_tiled(image[None]) for image in padded])
-            stylized = raw[..., : size[0], : size[1]] / 255.0
+            stylized = raw[..., : size[0], : size[1]] / self.net.pixel_scale
             if size != (height, width):
                 stylized = _resize(stylized, (height, width))
             stylized = stylized.clamp_(0.0, 1.0)
@@ -130,22 +134,22 @@ class Stylizer:
         return self.net(self._to_device(images)).float().cpu()
 
     def _run_tiled(self, image: Tensor) -> Tensor:
-        """One image (1, 3, H, W) in [0, 255], H and W multiples of 4, stage by stage."""
+        """One image (1, 3, H, W) in [0, pixel_scale], H and W multiples of 4, stage by stage."""
         net = self.net
         grid = _Grid(image.shape[-2] // _ALIGN, image.shape[-1] // _ALIGN, self.tile_size)
 
         def encode(tile: _Tile, statistics: Sequence[Statistics]) -> Tensor:
             """The encoder up to the first norm without statistics, before that norm."""
             x = self._to_device(tile.crop(image, _ALIGN))
-            for (conv, norm), known in zip(net.encoder, statistics, strict=False):
-                x = F.relu(_fixed_norm(norm, conv(x), known), inplace=True)
-            return net.encoder[len(statistics)][0](x)
+            for stage, known in zip(net.encoder, statistics, strict=False):
+                x = stage.activation(_fixed_norm(stage.norm, stage.conv(x), known))
+            return net.encoder[len(statistics)].conv(x)
 
         encoder_statistics: list[Statistics] = []
-        for depth in (1, 2):
+        for scale in _ENCODER_SCALES[:-1]:
             moments = _Moments()
             for tile in grid:
-                moments.add(tile.core(encode(tile, encoder_statistics), _ALIGN // depth))
+                moments.add(tile.core(encode(tile, encoder_statistics), scale))
             encoder_statistics.append(moments.result())
         moments = _Moments()
         trunk: Tensor | None = None
@@ -157,26 +161,33 @@ class Stylizer:
             trunk[tile.index(1)] = core
             moments.add(core)
         assert trunk is not None
-        trunk = F.relu(_fixed_norm(net.encoder[-1][1], trunk, moments.result()), inplace=True)
+        last = net.encoder[-1]
+        trunk = last.activation(_fixed_norm(last.norm, trunk, moments.result()))
         for block in net.residual_blocks:
             trunk = block(trunk)
 
         def decode(tile: _Tile, statistics: Sequence[Statistics]) -> Tensor:
             """The decoder up to the first norm without statistics, before that norm."""
             x = tile.crop(trunk, 1)
-            for (conv, norm), known in zip(net.decoder, statistics, strict=False):
-                x = F.relu(_fixed_norm(norm, conv(x), known), inplace=True)
-            return net.decoder[len(statistics)][0](x)
+            for stage, known in zip(net.decoder, statistics, strict=False):
+                x = stage.activation(_fixed_norm(stage.norm, stage.conv(x), known))
+            return net.decoder[len(statistics)].conv(x)
 
         decoder_statistics: list[Statistics] = []
-        for depth in (1, 2):
+        for stage, scale in zip(net.decoder, _DECODER_SCALES, strict=True):
+            if stage.norm is None:
+                break
             moments = _Moments()
             for tile in grid:
-                moments.add(tile.core(decode(tile, decoder_statistics), 2 * depth))
+                moments.add(tile.core(decode(tile, decoder_statistics[:2]), scale))
             decoder_statistics.append(moments.result())
         output = torch.empty_like(image)
+        last = net.decoder[-1]
         for tile in grid:
-            output[tile.index(_ALIGN)] = tile.core(decode(tile, decoder_statistics), _ALIGN)
+            y = decode(tile, decoder_statistics[:2])
+            if last.norm is not None:
+                y = _fixed_norm(last.norm, y, decoder_statistics[2])
+            output[tile.index(_ALIGN)] = tile.core(last.activation(y), _ALIGN)
         return output
 
     def _largest_tile(self, full_resolution_channels: int) -> int:
