@@ -143,6 +143,16 @@ class ResidualBlock(nn.Module):
         self.conv2 = ConvLayer(channels, channels, 3)
         self.in2 = nn.InstanceNorm2d(channels, affine=True)
 
+    @classmethod
+    def of(
+        cls, conv1: nn.Module, in1: nn.InstanceNorm2d, conv2: nn.Module, in2: nn.InstanceNorm2d
+    ) -> ResidualBlock:
+        """A block of existing layers (shared, not copied): how conditional networks bind."""
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block.conv1, block.in1, block.conv2, block.in2 = conv1, in1, conv2, in2
+        return block
+
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(instance_norm(self.in1, self.conv1(x)), inplace=True)
         return instance_norm(self.in2, self.conv2(y)) + x
