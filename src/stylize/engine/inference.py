@@ -138,15 +138,19 @@ class Stylizer:
         net = self.net
         grid = _Grid(image.shape[-2] // _ALIGN, image.shape[-1] // _ALIGN, self.tile_size)
 
-        def encode(tile: _Tile, statistics: Sequence[Statistics]) -> Tensor:
+        def encode(tile: _Tile, statistics: Sequence[Statistics | None]) -> Tensor:
             """The encoder up to the first norm without statistics, before that norm."""
             x = self._to_device(tile.crop(image, _ALIGN))
             for stage, known in zip(net.encoder, statistics, strict=False):
                 x = stage.activation(_fixed_norm(stage.norm, stage.conv(x), known))
             return net.encoder[len(statistics)].conv(x)
 
-        encoder_statistics: list[Statistics] = []
-        for scale in _ENCODER_SCALES[:-1]:
+        encoder_statistics: list[Statistics | None] = []
+        for stage, scale in zip(net.encoder[:-1], _ENCODER_SCALES[:-1], strict=True):
+            if stage.norm is None:
+                # Nothing to measure: the stage runs tile by tile as it is.
+                encoder_statistics.append(None)
+                continue
             moments = _Moments()
             for tile in grid:
                 moments.add(tile.core(encode(tile, encoder_statistics), scale))
@@ -202,8 +206,11 @@ class Stylizer:
         return max(MIN_TILE_SIZE, side - side % _ALIGN)
 
 
-def _fixed_norm(norm: nn.InstanceNorm2d, y: Tensor, statistics: Statistics) -> Tensor:
-    """Instance norm with given statistics instead of the input's own."""
+def _fixed_norm(norm: nn.InstanceNorm2d | None, y: Tensor, statistics: Statistics | None) -> Tensor:
+    """Instance norm with given statistics instead of the input's own; `y` itself for a stage
+    without a norm."""
+    if norm is None or statistics is None:
+        return y
     mean, variance = statistics
     # Batch norm in inference mode is exactly that. CPU and CUDA kernels take float32 parameters
     # with reduced-precision inputs, which keeps large means exact.

@@ -3,8 +3,9 @@
 All three families stylize in one pass with the same layout (Johnson et al. 2016): an encoder
 of three reflection-padded convolutions (9x9, then two 3x3 of stride 2), residual blocks at a
 quarter of the resolution, and a decoder of two nearest-upsampling 3x3 convolutions and a 9x9
-output convolution. Every convolution but possibly the last is followed by instance norm and a
-ReLU. They differ in where the norms' scales and shifts come from:
+output convolution. Convolutions are followed by instance norm (all of them, or all
+but the output layer; the arbitrary network's encoder has none) and a ReLU, the output layer by
+a sigmoid or nothing. They differ in where the norms' scales and shifts come from:
 
 - the pytorch/examples network (`transformer.py`) learns one set;
 - the 26-style network (`multistyle.py`) keeps a table of 26 and mixes rows by style weights;
