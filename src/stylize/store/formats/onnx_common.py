@@ -1,0 +1,48 @@
+"""Helpers shared by the ONNX readers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stylize.errors import StylizeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+
+def load_onnx(path: Path) -> onnx.ModelProto | None:
+    """The ONNX model in `path`, or None when it is not one (or has no nodes)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError):
+        return None
+    return model if model.graph.node else None
+
+
+def float_array(proto: onnx.TensorProto, fail: Callable[[str], StylizeError]) -> np.ndarray:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        raise fail("its weights are stored in external files, which are not read")
+    array = numpy_helper.to_array(proto)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise fail(f"weight {proto.name!r} is {array.dtype}, not floating point")
+    # A copy: protobuf-backed arrays are read-only, and the weights must outlive the graph.
+    return array.astype(np.float32)
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
