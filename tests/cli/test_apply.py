@@ -262,7 +262,7 @@ def test_bad_options_are_usage_errors(cli, style, make_image, tmp_path, monkeypa
     ("arguments", "message"),
     [
         (("-s", "nothing"), "no style named 'nothing'"),
-        (("-s", "missing/model.onnx"), "style model file not found"),
+        (("-s", "missing/model.onnx"), "style file not found"),
         (("-s", "tiny", "--device", "tpu"), "unknown device 'tpu'"),
     ],
 )

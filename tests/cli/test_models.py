@@ -31,7 +31,16 @@ def test_list_json_merges_catalog_and_local_models(cli, vgg_home):
     result = cli("models", "list", "--json")
     assert result.exit_code == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert list(rows)[:6] == ["vgg19", "candy", "mosaic", "rain-princess", "udnie", "pointilism"]
+    assert list(rows)[:8] == [
+        "vgg19",
+        "multistyle26",
+        "arbitrary",
+        "candy",
+        "mosaic",
+        "rain-princess",
+        "udnie",
+        "pointilism",
+    ]
     assert rows["vgg19"]["installed"] is True
     assert rows["vgg19"]["source"] == "imported"
     assert rows["vgg19"]["size"] == model_path("vgg19").stat().st_size

@@ -106,7 +106,7 @@ def test_existing_output_is_kept_unless_overwrite(cli, vgg_home, images, tmp_pat
         ({"-o": "no-such-folder/out.png"}, 1, "does not exist"),
         ({"-o": "out.gif"}, 1, "unsupported image type"),
         ({"-o": "-"}, 2, "writing images to standard output is not supported"),
-        ({"--style-blend": "0.5,0.3,0.2"}, 2, "3 weight(s) for 1 style image"),
+        ({"--style-blend": "0.5,0.3,0.2"}, 2, "3 weight(s) for 1 style"),
         ({"--style-blend": "-1"}, 2, "non-negative numbers, not all zero"),
         ({"--style-blend": "nan"}, 2, "non-negative numbers, not all zero"),
         ({"--style-blend": "a,b"}, 2, "not a comma-separated list of numbers"),

@@ -67,7 +67,7 @@ def _root(
 
 
 def _register() -> None:
-    from stylize.cli import apply, models, optimize, train
+    from stylize.cli import apply, models, optimize, sheet, train
 
     app.command("optimize", help="Stylize one image by optimizing its pixels (Gatys et al.).")(
         optimize.optimize
@@ -75,8 +75,11 @@ def _register() -> None:
     app.command("train", help="Train a fast style model from an artwork and a photo folder.")(
         train.train
     )
-    app.command("apply", help="Stylize images in one pass with a trained or downloaded model.")(
+    app.command("apply", help="Stylize images in one pass: a style network or any picture.")(
         apply.apply
+    )
+    app.command("sheet", help="Show one photo in many styles on one labelled contact sheet.")(
+        sheet.sheet
     )
     app.add_typer(models.app, name="models", help="List, download, import and remove models.")
 

@@ -23,6 +23,13 @@ QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Do not show progress bars or messages.")
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+StyleBlendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Weights of several styles, e.g. 0.7,0.3 (normalized; equal by default).",
+        show_default=False,
+    ),
+]
 PrecisionOption = Annotated[
     Precision,
     typer.Option(
@@ -74,3 +81,25 @@ def parse_layers(text: str, option: str) -> tuple[str, ...]:
         return check_taps([name.strip() for name in text.split(",") if name.strip()])
     except StylizeError as error:
         raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None
+
+
+def parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
+    """The --style-blend weights, one per style, or a usage error."""
+    if text is None:
+        return None
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{text}' is not a comma-separated list of numbers", param_hint="'--style-blend'"
+        ) from None
+    if len(weights) != style_count:
+        raise typer.BadParameter(
+            f"{len(weights)} weight(s) for {style_count} style(s): give one each",
+            param_hint="'--style-blend'",
+        )
+    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or not any(weights):
+        raise typer.BadParameter(
+            "weights must be non-negative numbers, not all zero", param_hint="'--style-blend'"
+        )
+    return weights

@@ -15,17 +15,22 @@ from stylize.cli._options import (
     Precision,
     PrecisionOption,
     QuietOption,
+    StyleBlendOption,
     not_stdout,
+    parse_blend,
     positive_number,
 )
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
     from torch import Tensor
 
     from stylize.engine.imageio import LoadedImage
     from stylize.engine.inference import Stylizer
+    from stylize.engine.styling import PaintingStyle
+    from stylize.store.styles import LoadedStyles
 
 # Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
 _FALLBACK_SUFFIX = ".png"
@@ -45,15 +50,26 @@ def apply(
         ),
     ],
     style: Annotated[
-        str,
+        list[str],
         typer.Option(
             "--style",
             "-s",
-            help="A model name (installed or in the catalog, downloaded on first use) or the "
-            "path of a model file (.safetensors, pytorch/examples .pth/.model, .onnx).",
+            help="A style: a model name (installed or in the catalog, downloaded on first use), "
+            "a named style like starry, NETWORK:N (multistyle26:0 to :25), an image file (any "
+            "picture as the style), or a model file (.safetensors, .pth, .onnx, .pb). Repeat "
+            "to blend styles of one network, or several images.",
             show_default=False,
         ),
     ],
+    style_blend: StyleBlendOption = None,
+    style_size: Annotated[
+        int,
+        typer.Option(
+            min=64,
+            help="Style images are read as a centred square of this many pixels a side: "
+            "smaller gives larger patterns.",
+        ),
+    ] = 256,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -113,17 +129,19 @@ def apply(
     ] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Stylize images with a fast style model, writing one file per input.
+    """Stylize images in one pass with a style network or any picture as the style, writing
+    one file per input.
 
     Prints the path of every file it writes. An input that cannot be read is reported and
     skipped; the exit code is then 1.
     """
     if overwrite and skip_existing:
         raise typer.BadParameter("use either --overwrite or --skip-existing, not both")
-    from stylize.store.styles import style_name
+    from stylize.store.styles import blend_label, parse_style
 
-    label = style_name(style) or _file_label(Path(style))
-    jobs = _plan(inputs, output, recursive, label)
+    refs = [parse_style(text) for text in style]
+    weights = parse_blend(style_blend, len(refs))
+    jobs = _plan(inputs, output, recursive, blend_label(refs))
     jobs = _check_targets(
         jobs,
         overwrite=overwrite,
@@ -135,17 +153,16 @@ def apply(
         return
 
     from stylize.engine.device import pick_device, resolve_precision
-    from stylize.engine.inference import Stylizer
-    from stylize.store.styles import load_style
+    from stylize.store.styles import load_styles
 
     chosen_device = pick_device(device)
     dtype = resolve_precision(chosen_device, precision.value)
-    with _console.download_progress(f"downloading {style}", quiet) as on_download:
-        net, _ = load_style(style, on_progress=on_download)
+    with _console.download_progress("downloading the style network", quiet) as on_download:
+        loaded = load_styles(refs, weights, on_progress=on_download)
+    stylizers = _Stylizers(loaded, chosen_device, dtype, tile_size, style_size)
     _create_folders(jobs)
-    stylizer = Stylizer(net, chosen_device, dtype, tile_size=tile_size)
     runner = _Runner(
-        stylizer,
+        stylizers,
         max_size=max_size,
         scale=scale,
         strength=strength,
@@ -163,8 +180,54 @@ def apply(
         raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
 
 
-def _file_label(path: Path) -> str:
-    return path.stem.split(".")[0] or "styled"
+class _Stylizers:
+    """The stylizer for each photo: one for all, except that an image style at a strength
+    below 1 mixes in each photo's own style vector."""
+
+    def __init__(
+        self,
+        loaded: LoadedStyles,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        tile_size: int | None,
+        style_size: int,
+    ) -> None:
+        from stylize.engine.inference import Stylizer
+        from stylize.store.convert import ARBITRARY
+
+        self.device, self.dtype, self.tile_size = device, dtype, tile_size
+        self.painting: PaintingStyle | None = None
+        self.fixed: Stylizer | None = None
+        if loaded.family == ARBITRARY:
+            from stylize.engine.imageio import load_image, to_tensor
+            from stylize.engine.styling import PaintingStyle
+
+            paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
+            self.painting = PaintingStyle(
+                loaded.predictor,
+                loaded.network,
+                paintings,
+                loaded.mix,
+                device=device,
+                style_size=style_size,
+            )
+        else:
+            self.fixed = Stylizer(loaded.fixed_network(), device, dtype, tile_size=tile_size)
+
+    @property
+    def per_photo(self) -> bool:
+        """Whether each photo may need a network of its own (then batches are single)."""
+        return self.painting is not None
+
+    def __call__(self, content: Tensor, strength: float) -> tuple[Stylizer, float]:
+        """The stylizer for `content` and the pixel strength left for it to apply."""
+        from stylize.engine.inference import Stylizer
+
+        if self.painting is None:
+            assert self.fixed is not None
+            return self.fixed, strength
+        net = self.painting.network_for(content, strength)
+        return Stylizer(net, self.device, self.dtype, tile_size=self.tile_size), 1.0
 
 
 def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) -> list[_Job]:
@@ -264,7 +327,7 @@ class _Runner:
 
     def __init__(
         self,
-        stylizer: Stylizer,
+        stylizers: _Stylizers,
         *,
         max_size: int | None,
         scale: float,
@@ -273,13 +336,13 @@ class _Runner:
         overwrite: bool,
         batch_size: int,
     ) -> None:
-        self.stylizer = stylizer
+        self.stylizers = stylizers
         self.max_size = max_size
         self.scale = scale
         self.strength = strength
         self.preserve_color = preserve_color
         self.overwrite = overwrite
-        self.batch_size = batch_size
+        self.batch_size = 1 if stylizers.per_photo else batch_size
         self.batch: list[tuple[_Job, LoadedImage, Tensor]] = []
         self.finished = 0
         self.failed = 0
@@ -308,11 +371,10 @@ class _Runner:
         if not batch:
             return
         try:
-            results = self.stylizer(
-                _cat([content for _, _, content in batch]),
-                scale=self.scale,
-                strength=self.strength,
-                preserve_color=self.preserve_color,
+            contents = _cat([content for _, _, content in batch])
+            stylizer, strength = self.stylizers(contents, self.strength)
+            results = stylizer(
+                contents, scale=self.scale, strength=strength, preserve_color=self.preserve_color
             )
         except StylizeError as error:
             for job, _, _ in batch:

@@ -35,9 +35,10 @@ def list_models(as_json: JsonOption = False) -> None:
     if as_json:
         _console.result(json.dumps([asdict(row) for row in rows], indent=2))
         return
+    models = [row for row in rows if not _is_named_style(row)]
     table = Table(
         # The name is what users type next, so it is never shortened.
-        Column("name", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4)),
+        Column("name", no_wrap=True, min_width=max((len(row.name) for row in models), default=4)),
         *(Column(header, no_wrap=True) for header in ("kind", "source", "installed")),
         Column("size", no_wrap=True, justify="right"),
         Column("license", no_wrap=True),
@@ -46,7 +47,7 @@ def list_models(as_json: JsonOption = False) -> None:
         pad_edge=False,
         caption="(size): download size of a model not yet installed",
     )
-    for row in rows:
+    for row in models:
         if row.size is not None:
             size = decimal(row.size)
         else:
@@ -54,7 +55,22 @@ def list_models(as_json: JsonOption = False) -> None:
         table.add_row(
             row.name, row.kind, row.source, "yes" if row.installed else "no", size, row.license
         )
-    Console(highlight=False, markup=False).print(table)
+    console = Console(highlight=False, markup=False)
+    console.print(table)
+    named = [row for row in rows if _is_named_style(row)]
+    if named:
+        styles = Table(
+            Column("named style", no_wrap=True),
+            Column("is", no_wrap=True),
+            Column("painting"),
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
+        for row in named:
+            styles.add_row(row.name, row.source, row.description)
+        console.print()
+        console.print(styles)
     for row in rows:
         if row.problem:
             _console.warn(row.problem)
@@ -173,3 +189,8 @@ def _plain(value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     return json.dumps(value)
+
+
+def _is_named_style(row: Any) -> bool:
+    """A named style of a multi-style network: its source is NETWORK:N."""
+    return ":" in row.source

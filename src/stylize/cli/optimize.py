@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from enum import Enum
@@ -18,8 +17,10 @@ from stylize.cli._options import (
     Precision,
     PrecisionOption,
     QuietOption,
+    StyleBlendOption,
     non_negative_number,
     not_stdout,
+    parse_blend,
     parse_layers,
     positive_number,
 )
@@ -72,13 +73,7 @@ def optimize(
             callback=positive_number, help="Size of the style images relative to the output."
         ),
     ] = 1.0,
-    style_blend: Annotated[
-        str | None,
-        typer.Option(
-            help="Weights of several style images, e.g. 0.7,0.3 (normalized; equal by default).",
-            show_default=False,
-        ),
-    ] = None,
+    style_blend: StyleBlendOption = None,
     iterations: Annotated[
         int, typer.Option(min=1, help="Iterations in total, over all scales.")
     ] = 500,
@@ -168,7 +163,7 @@ def optimize(
     settings = GatysSettings(
         size=size,
         style_scale=style_scale,
-        style_blend=_parse_blend(style_blend, len(styles)),
+        style_blend=parse_blend(style_blend, len(styles)),
         iterations=iterations,
         optimizer=optimizer.value,
         content_weight=content_weight,
@@ -305,27 +300,6 @@ class _Report:
 
 
 _TRACE_FIELDS = ("scale", "iteration", "width", "height", "content", "style", "tv")
-
-
-def _parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        weights = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(
-            f"'{text}' is not a comma-separated list of numbers", param_hint="'--style-blend'"
-        ) from None
-    if len(weights) != style_count:
-        raise typer.BadParameter(
-            f"{len(weights)} weight(s) for {style_count} style image(s): give one each",
-            param_hint="'--style-blend'",
-        )
-    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or not any(weights):
-        raise typer.BadParameter(
-            "weights must be non-negative numbers, not all zero", param_hint="'--style-blend'"
-        )
-    return weights
 
 
 def _load_init(path: Path) -> Image.Image:

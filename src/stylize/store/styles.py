@@ -1,355 +1,226 @@
-"""Style models: converting published formats into the native one, and loading for `apply`.
+"""What a `--style` names, and loading the networks it needs.
 
-Accepted files, recognized by their contents rather than their names:
+A style is one of:
 
-- native `.safetensors` files (and plain safetensors state dicts of the network);
-- pytorch/examples `.pth` / `.model` state dicts, including 2017 files with stale
-  `in*.running_mean` / `in*.running_var` entries and `module.` prefixes from DataParallel;
-- ONNX exports of that network (the ONNX model zoo's fast neural style models among them). Their
-  weights are matched to layers by the graph's structure, the order of its Conv and
-  InstanceNormalization nodes, since old exporters numbered initializers instead of naming them.
+- a style network's store name or catalog entry (`candy`), downloaded on first use;
+- a named style of a multi-style network (`starry`), or any of its styles as `NETWORK:N`
+  (`multistyle26:7`);
+- an image file (`painting.jpg`): any picture as the style, through the arbitrary-style
+  network;
+- the path of a style network file in any supported format (`./model.pth`).
 
-Every file is untrusted: safetensors, `torch.load(weights_only=True)` or protobuf parsing only,
-and every tensor's name and shape is checked against the network before use.
+Several styles blend in one pass when they are all styles of one multi-style network (their
+weights mix the network's style rows) or all images (their style vectors mix).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize.errors import StylizeError
 from stylize.store import catalog
-from stylize.store.modelfile import (
-    METADATA_KEY,
-    read_header,
-    read_model_file,
-    read_model_meta,
-    read_tensors,
-)
+from stylize.store.convert import ARBITRARY, JOHNSON, MULTISTYLE, convert_style_file, family_of
+from stylize.store.modelfile import read_model_file
 
 if TYPE_CHECKING:
-    import numpy as np
-    import onnx
     from torch import Tensor
-
-    from stylize.engine.transformer import TransformerNet
 
 ProgressCallback = Callable[..., None]
 
-# Entries torch.load returns for instance norms of PyTorch <= 0.4.0, which tracked running
-# statistics there; pytorch/examples deletes them before loading too.
-_STALE_NORM_KEY = re.compile(r"(^|\.)in\d+\.(running_mean|running_var|num_batches_tracked)$")
-_DATA_PARALLEL_PREFIX = "module."
-_PICKLE_PROTOCOL_2_TO_5 = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-_ZIP_MAGIC = b"PK\x03\x04"
-# Fields of a native file that describe the file rather than the model; the store rewrites them.
-_FILE_FIELDS = ("format", "stylize_version", "name", "source", "original_sha256")
+ARBITRARY_NETWORK = "arbitrary"
+_INDEXED = re.compile(r"(?P<network>[a-z0-9][a-z0-9_-]{0,63}):(?P<index>\d{1,4})")
 
 
-def convert_style_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The native tensors and metadata (`kind="style"`, `architecture`, ...) of a style model
-    file in any supported format; StylizeError when it is not a transform network."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            start = file.read(8)
-    except OSError as error:
-        raise StylizeError(f"cannot read {path}: {error.strerror or error}") from None
-    if start.startswith(_ZIP_MAGIC) or start.startswith(_PICKLE_PROTOCOL_2_TO_5):
-        tensors, meta = _from_pytorch(path), {"original_format": "pytorch"}
-    elif _is_safetensors(path):
-        tensors, meta = _from_safetensors(path)
-    else:
-        tensors, meta = _from_onnx(path), {"original_format": "onnx"}
-    from stylize.engine.transformer import TransformerConfig, check_tensors, infer_config
+@dataclass(frozen=True)
+class StyleRef:
+    """One `--style` value, classified. Exactly one of `network` (a store name), `file` (a model
+    file) and `image` (a style picture) is set; `index` picks a style of a multi-style
+    network."""
 
-    try:
-        if "architecture" in meta:
-            config = TransformerConfig.from_dict(meta["architecture"])
-            check_tensors(tensors, config)
-        else:
-            config = infer_config(tensors)
-    except StylizeError as error:
-        raise StylizeError(f"{path} is not a supported style model: {error}") from None
-    native = {name: tensor.float().contiguous() for name, tensor in tensors.items()}
-    return native, {**meta, "kind": "style", "architecture": config.to_dict()}
+    text: str
+    label: str
+    network: str | None = None
+    file: Path | None = None
+    image: Path | None = None
+    index: int | None = None
 
 
-def load_style(
-    style: str | Path, on_progress: ProgressCallback | None = None
-) -> tuple[TransformerNet, dict[str, Any]]:
-    """The network and metadata of `style`: the name of an installed model, a catalog entry
-    (downloaded and installed on first use; `on_progress(done_bytes, total_bytes)`), or the path
-    of a model file in any supported format."""
-    from stylize.engine.transformer import TransformerConfig, load_transformer
-    from stylize.store.registry import model_path, pull
-
-    name = style_name(style)
-    if name is None:
-        path = Path(style)
-        if not path.is_file():
-            raise StylizeError(f"style model file not found: {path}")
-        tensors, meta = convert_style_file(path)
-    else:
-        path = model_path(name)
-        if not path.exists():
-            entry = catalog.load_catalog().get(name)
-            if entry is None:
-                raise StylizeError(
-                    f"no style named {name!r} is installed or in the catalog "
-                    "(see 'stylize models list'; give a file as a path, like ./model.pth)"
-                )
-            if entry.kind != "style":
-                raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
-            path = pull(name, on_progress)
-        tensors, meta = read_model_file(path)
-        if meta["kind"] != "style":
-            raise StylizeError(f"{name!r} is a {meta['kind']}, not a style model")
-        if "architecture" not in meta:
-            raise StylizeError(f"{path} has no network architecture in its metadata")
-    config = TransformerConfig.from_dict(meta["architecture"])
-    return load_transformer(tensors, config), meta
-
-
-def style_name(style: str | Path) -> str | None:
-    """The store name `style` refers to, or None when it is a file path. Model names have no
-    dots or slashes, so anything with either is a path."""
+def parse_style(text: str) -> StyleRef:
+    """Classifies a `--style` value without loading anything (see the module's docstring)."""
+    from stylize.engine.imageio import IMAGE_SUFFIXES
     from stylize.store.registry import validate_name
 
-    if isinstance(style, Path):
-        return None
+    indexed = _INDEXED.fullmatch(text)
+    if indexed:
+        network, index = indexed["network"], int(indexed["index"])
+        return StyleRef(text, f"{network}-{index}", network=network, index=index)
+    named = catalog.named_styles().get(text)
+    if named is not None:
+        return StyleRef(text, named.name, network=named.network, index=named.index)
     try:
-        return validate_name(style)
+        return StyleRef(text, validate_name(text), network=text)
     except StylizeError:
-        return None
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise StylizeError(
+            f"style file not found: {path} (a style is a name from 'stylize models list', "
+            "NETWORK:N, an image file or a model file)"
+        )
+    label = path.stem.split(".")[0] or "styled"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return StyleRef(text, label, image=path)
+    return StyleRef(text, label, file=path)
 
 
-def _is_safetensors(path: Path) -> bool:
-    try:
-        read_header(path)
-    except StylizeError:
-        return False
-    return True
+def blend_label(refs: Sequence[StyleRef]) -> str:
+    """The style's part of output names: `starry`, or `starry+great-wave` for a blend."""
+    return "+".join(dict.fromkeys(ref.label for ref in refs))
 
 
-def _from_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    header = read_header(path)
-    metadata = header.get("__metadata__")
-    tensors = read_tensors(path)
-    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
-        # A bare state dict saved with safetensors.
-        return tensors, {"original_format": "safetensors"}
-    meta = read_model_meta(path)
-    if meta["kind"] != "style":
-        raise StylizeError(f"{path} is a {meta['kind']} model, not a style model")
-    if "architecture" not in meta:
-        raise StylizeError(f"{path} has no network architecture in its metadata")
-    return tensors, {key: value for key, value in meta.items() if key not in _FILE_FIELDS}
+def blend_weights(count: int, weights: Sequence[float] | None) -> list[float]:
+    """Weights for `count` styles, summing to 1 (equal when not given)."""
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise StylizeError(
+            f"--style-blend has {len(weights)} weights for {count} styles: give one per style"
+        )
+    if any(weight < 0 for weight in weights) or sum(weights) <= 0:
+        raise StylizeError("--style-blend weights must be 0 or more, and not all 0")
+    total = sum(weights)
+    return [weight / total for weight in weights]
 
 
-def _from_pytorch(path: Path) -> dict[str, Tensor]:
+@dataclass
+class LoadedStyles:
+    """The networks a set of styles needs. `family` says which fields are set:
+
+    - johnson: `network` is the ready `TransformerNet`;
+    - multistyle: `network` is the `MultiStyleNet`, `mix` its (styles,) weight vector;
+    - arbitrary: `network` is the `ArbitraryNet`, `predictor` its `StylePredictor`,
+      `images` the style pictures' paths and `mix` their weights.
+    """
+
+    family: str
+    label: str
+    network: Any
+    mix: Tensor | None = None
+    predictor: Any = None
+    images: tuple[Path, ...] = ()
+
+    def fixed_network(self) -> Any:
+        """The ready `StyleNet` of a network style (not of style images, which depend on the
+        photo when blended with its own style)."""
+        if self.family == MULTISTYLE:
+            return self.network.bind(self.mix)
+        if self.family == JOHNSON:
+            return self.network
+        raise ValueError("style images have no fixed network")
+
+
+def load_styles(
+    refs: Sequence[StyleRef],
+    weights: Sequence[float] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> LoadedStyles:
+    """Loads (downloading on first use) what `refs` blended by `weights` need."""
     import torch
 
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        # The restricted unpickler refuses anything but tensors and plain containers; its
-        # messages run to many lines.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StylizeError(f"cannot load {path} as a PyTorch state dict: {reason}") from None
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
-    ):
+    if not refs:
+        raise StylizeError("give a style with --style")
+    mix = blend_weights(len(refs), weights)
+    label = blend_label(refs)
+    if all(ref.image is not None for ref in refs):
+        tensors, _ = _installed(ARBITRARY_NETWORK, ARBITRARY, on_progress)
+        from stylize.engine.arbitrary import load_arbitrary
+
+        predictor, network = load_arbitrary(tensors)
+        images = tuple(ref.image for ref in refs if ref.image is not None)
+        return LoadedStyles(ARBITRARY, label, network, torch.tensor(mix), predictor, images)
+    if any(ref.image is not None for ref in refs):
         raise StylizeError(
-            f"{path} is not a supported style model: a PyTorch file, but not a state dict of "
-            "tensors"
+            "style images blend only with other style images, not with style networks"
         )
-    state: dict[str, Tensor] = dict(loaded)
-    if state and all(key.startswith(_DATA_PARALLEL_PREFIX) for key in state):
-        state = {key[len(_DATA_PARALLEL_PREFIX) :]: value for key, value in state.items()}
-    return {key: value for key, value in state.items() if not _STALE_NORM_KEY.search(key)}
-
-
-# Operations the transform network's data path may contain in an ONNX export, and the
-# operations allowed elsewhere (computing shapes and scales for the upsampling).
-_DATA_OPS = frozenset({"Conv", "InstanceNormalization", "Relu", "Add", "Pad", "Upsample", "Resize"})
-_TRANSPARENT_OPS = frozenset({"Identity"})
-_INSTANCE_NORM_EPSILON = 1e-5
-
-
-def _from_onnx(path: Path) -> dict[str, Tensor]:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError):
-        model = None
-    if model is None or not model.graph.node:
+    networks = {ref.network or str(ref.file) for ref in refs}
+    if len(refs) > 1 and (len(networks) > 1 or any(ref.index is None for ref in refs)):
         raise StylizeError(
-            f"{path} is not a supported style model: not a safetensors, PyTorch or ONNX file"
+            "styles blend only within one multi-style network (like starry,great-wave or "
+            "multistyle26:3,multistyle26:7) or as style images"
         )
-    return _OnnxNetwork(model.graph, path).tensors()
+    ref = refs[0]
+    if ref.file is not None:
+        tensors, meta = convert_style_file(ref.file)
+    else:
+        assert ref.network is not None
+        tensors, meta = _installed(ref.network, None, on_progress)
+    family = family_of(meta)
+    where = ref.network or str(ref.file)
+    if family == JOHNSON:
+        if ref.index is not None:
+            raise StylizeError(f"{where} has one style: use --style {where}, without ':N'")
+        from stylize.engine.transformer import TransformerConfig, load_transformer
 
+        config = TransformerConfig.from_dict(meta["architecture"])
+        return LoadedStyles(JOHNSON, label, load_transformer(tensors, config))
+    if family == ARBITRARY:
+        raise StylizeError(f"{where} takes a style image: use --style painting.jpg")
+    from stylize.engine.multistyle import load_multistyle
 
-class _OnnxNetwork:
-    """Reads the transform network's weights out of an ONNX graph, checking its structure."""
-
-    def __init__(self, graph: onnx.GraphProto, path: Path) -> None:
-        self.graph = graph
-        self.path = path
-        self.constants: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self.producers: dict[str, onnx.NodeProto] = {}
-        for node in graph.node:
-            for output in node.output:
-                self.producers[output] = node
-            if node.op_type == "Constant":
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None and node.output:
-                    self.constants[node.output[0]] = value
-
-    def fail(self, reason: str) -> StylizeError:
-        return StylizeError(f"{self.path} is not a supported style model: {reason}")
-
-    def tensors(self) -> dict[str, Tensor]:
-        import torch
-
-        nodes = self._data_path()
-        convs = [node for node in nodes if node.op_type == "Conv"]
-        norms = [node for node in nodes if node.op_type == "InstanceNormalization"]
-        blocks, odd = divmod(len(convs) - 6, 2)
-        if blocks < 0 or odd or len(norms) != len(convs) - 1:
-            raise self.fail(
-                f"a graph with {len(convs)} convolutions and {len(norms)} instance norms, not "
-                "the fast style transform network (6 + 2 per residual block, and one norm after "
-                "each convolution but the last)"
+    network = load_multistyle(tensors)
+    if any(ref.index is None for ref in refs):
+        raise StylizeError(
+            f"{where} holds {network.styles} styles: pick one as {where}:N (N from 0 to "
+            f"{network.styles - 1}) or a named style (see 'stylize models info {where}')"
+        )
+    vector = torch.zeros(network.styles)
+    for ref, weight in zip(refs, mix, strict=True):
+        assert ref.index is not None
+        if not 0 <= ref.index < network.styles:
+            raise StylizeError(
+                f"{ref.text}: {where} has styles 0 to {network.styles - 1}, not {ref.index}"
             )
-        self._check_structure(nodes, convs, norms, blocks)
-        residual_layers = [
-            (f"res{block}.conv{part}", f"res{block}.in{part}")
-            for block in range(1, blocks + 1)
-            for part in (1, 2)
-        ]
-        conv_names = ["conv1", "conv2", "conv3", *(conv for conv, _ in residual_layers)]
-        conv_names += ["deconv1", "deconv2", "deconv3"]
-        norm_names = ["in1", "in2", "in3", *(norm for _, norm in residual_layers), "in4", "in5"]
-        tensors: dict[str, Tensor] = {}
-        for name, conv in zip(conv_names, convs, strict=True):
-            weight = self._constant(conv, 1)
-            tensors[f"{name}.conv2d.weight"] = weight
-            has_bias = len(conv.input) > 2 and conv.input[2]
-            tensors[f"{name}.conv2d.bias"] = (
-                self._constant(conv, 2) if has_bias else torch.zeros(weight.shape[0])
+        vector[ref.index] += weight
+    return LoadedStyles(MULTISTYLE, label, network, vector)
+
+
+def style_names(network: str) -> dict[int, str]:
+    """The names of a multi-style network's styles that have one, by index."""
+    return {
+        style.index: style.name
+        for style in catalog.named_styles().values()
+        if style.network == network
+    }
+
+
+def _installed(
+    name: str, family: str | None, on_progress: ProgressCallback | None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and metadata of the installed style network `name`, pulling a catalog
+    entry on first use."""
+    from stylize.store.registry import model_path, pull
+
+    path = model_path(name)
+    if not path.exists():
+        entry = catalog.load_catalog().get(name)
+        if entry is None:
+            raise StylizeError(
+                f"no style named {name!r} is installed or in the catalog "
+                "(see 'stylize models list'; give a file as a path, like ./model.pth)"
             )
-        for name, norm in zip(norm_names, norms, strict=True):
-            tensors[f"{name}.weight"] = self._constant(norm, 1)
-            tensors[f"{name}.bias"] = self._constant(norm, 2)
-        return tensors
-
-    def _data_path(self) -> list[onnx.NodeProto]:
-        """The nodes computing on the image, in graph order (ONNX requires topological order)."""
-        data_inputs = [i.name for i in self.graph.input if i.name not in self.constants]
-        if len(data_inputs) != 1 or len(self.graph.output) != 1:
-            raise self.fail(
-                f"a graph with {len(data_inputs)} inputs and {len(self.graph.output)} outputs, "
-                "not one image in and one out"
-            )
-        on_path = {data_inputs[0]}
-        nodes = []
-        for node in self.graph.node:
-            if not on_path.intersection(node.input) or node.op_type == "Shape":
-                continue
-            if node.op_type not in _DATA_OPS | _TRANSPARENT_OPS:
-                raise self.fail(f"its graph applies {node.op_type}, which the network does not")
-            nodes.append(node)
-            on_path.update(node.output)
-        return nodes
-
-    def _check_structure(
-        self,
-        nodes: list[onnx.NodeProto],
-        convs: list[onnx.NodeProto],
-        norms: list[onnx.NodeProto],
-        blocks: int,
-    ) -> None:
-        counts = Counter(node.op_type for node in nodes)
-        expected = {"Relu": 5 + blocks, "Add": blocks, "upsampling": 2}
-        found = {
-            "Relu": counts["Relu"],
-            "Add": counts["Add"],
-            "upsampling": counts["Upsample"] + counts["Resize"],
-        }
-        if found != expected:
-            raise self.fail(f"its graph has {found} operations, the network {expected}")
-        for conv, norm in zip(convs, norms, strict=False):
-            if self._source(norm.input[0]) is not conv:
-                raise self.fail("an instance norm does not follow its convolution")
-            if abs(_attribute(norm, "epsilon", 1e-5) - _INSTANCE_NORM_EPSILON) > 1e-7:
-                raise self.fail("its instance norms use another epsilon")
-        for index, conv in enumerate(convs):
-            stride = 2 if index in (1, 2) else 1
-            if (
-                _attribute(conv, "group", 1) != 1
-                or set(_attribute(conv, "dilations", [1])) != {1}
-                or set(_attribute(conv, "strides", [1])) != {stride}
-                or any(_attribute(conv, "pads", [0]))
-                or _attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-            ):
-                raise self.fail(f"convolution {index + 1} has other strides, groups or padding")
-        for node in nodes:
-            if node.op_type == "Pad" and _attribute(node, "mode", b"constant") != b"reflect":
-                raise self.fail("it pads with something other than reflection")
-            if node.op_type in ("Upsample", "Resize") and _attribute(node, "mode", b"") != (
-                b"nearest"
-            ):
-                raise self.fail("it upsamples with something other than nearest neighbour")
-        if self._source(self.graph.output[0].name) is not convs[-1]:
-            raise self.fail("its output is not the last convolution's (an output activation?)")
-
-    def _source(self, name: str) -> onnx.NodeProto | None:
-        """The node producing `name`, looking through Identity nodes."""
-        node = self.producers.get(name)
-        while node is not None and node.op_type in _TRANSPARENT_OPS:
-            node = self.producers.get(node.input[0])
-        return node
-
-    def _constant(self, node: onnx.NodeProto, index: int) -> Tensor:
-        import torch
-
-        name = node.input[index] if index < len(node.input) else ""
-        while name not in self.constants and name in self.producers:
-            producer = self.producers[name]
-            if producer.op_type not in _TRANSPARENT_OPS:
-                break
-            name = producer.input[0]
-        proto = self.constants.get(name)
-        if proto is None:
-            raise self.fail(f"the weights of {node.op_type} {node.name!r} are not constants")
-        return torch.from_numpy(_float_array(proto, self.fail))
-
-
-def _float_array(proto: onnx.TensorProto, fail: Callable[[str], StylizeError]) -> np.ndarray:
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    if proto.data_location == onnx.TensorProto.EXTERNAL:
-        raise fail("its weights are stored in external files, which are not read")
-    array = numpy_helper.to_array(proto)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise fail(f"weight {proto.name!r} is {array.dtype}, not floating point")
-    # A copy: protobuf-backed arrays are read-only, and the weights must outlive the graph.
-    return array.astype(np.float32)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
+        if entry.kind != "style":
+            raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
+        path = pull(name, on_progress)
+    tensors, meta = read_model_file(path)
+    if meta["kind"] != "style":
+        raise StylizeError(f"{name!r} is a {meta['kind']}, not a style model")
+    if family is not None and family_of(meta) != family:
+        raise StylizeError(
+            f"the installed model {name!r} is not the {family} network; remove it with "
+            f"'stylize models remove {name}' and try again"
+        )
+    return tensors, meta

@@ -1,0 +1,133 @@
+"""`stylize sheet`: one photo in many styles, as one labelled contact sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stylize.cli import _console
+from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption, not_stdout
+
+MULTISTYLE_NETWORK = "multistyle26"
+
+
+def sheet(
+    photo: Annotated[
+        Path, typer.Argument(help="The photo to stylize.", dir_okay=False, show_default=False)
+    ],
+    styles: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--style",
+            "-s",
+            help="A style to show (any --style of 'stylize apply'; repeat for more). Default: "
+            "the 26 styles of multistyle26 and every installed style network.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=not_stdout,
+            help="Where to write the sheet. Default: STEM.sheet.jpg beside the photo.",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[
+        int, typer.Option(min=32, max=1024, help="Long edge of each picture, in pixels.")
+    ] = 256,
+    columns: Annotated[
+        int | None,
+        typer.Option(min=1, help="Pictures per row. Default: about as many as rows."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sheet.")] = (
+        False
+    ),
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = Precision.auto,
+    quiet: QuietOption = False,
+) -> None:
+    """Render one photo in many styles as one labelled image, to choose a style.
+
+    Prints the path of the sheet it writes.
+    """
+    from stylize.engine.imageio import check_output_path, load_image, resize_long_edge
+
+    target = output or photo.with_name(f"{photo.stem}.sheet.jpg")
+    check_output_path(target, overwrite=overwrite)
+    original = load_image(photo).rgb
+    if max(original.size) > size:
+        original = resize_long_edge(original, size)
+    chosen = list(styles) if styles else _default_styles()
+
+    from stylize.engine.device import pick_device, resolve_precision
+    from stylize.engine.imageio import save_image, to_image, to_tensor
+    from stylize.engine.inference import Stylizer
+    from stylize.engine.sheet import contact_sheet
+    from stylize.engine.styling import PaintingStyle
+    from stylize.store.convert import ARBITRARY
+    from stylize.store.styles import load_styles, parse_style
+
+    chosen_device = pick_device(device)
+    dtype = resolve_precision(chosen_device, precision.value)
+    content = to_tensor(original)
+    refs = [parse_style(text) for text in chosen]
+    tiles = [("original", original)]
+    with _console.progress("stylizing", len(refs), quiet) as on_progress:
+        for done, ref in enumerate(refs):
+            with _console.download_progress("downloading the style network", quiet) as fetch:
+                loaded = load_styles([ref], on_progress=fetch)
+            if loaded.family == ARBITRARY:
+                paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
+                painting = PaintingStyle(
+                    loaded.predictor, loaded.network, paintings, loaded.mix, device=chosen_device
+                )
+                net = painting.network_for()
+            else:
+                net = loaded.fixed_network()
+            result = Stylizer(net, chosen_device, dtype)(content)[0]
+            tiles.append((_label(ref.text, ref.label), to_image(result)))
+            on_progress(done + 1)
+    save_image(contact_sheet(tiles, columns), target, overwrite=overwrite)
+    _console.result(str(target))
+
+
+def _default_styles() -> list[str]:
+    """Every style of the catalog's multi-style network, then the installed style networks
+    of one style each."""
+    from stylize.store.registry import list_models
+
+    rows = list_models()
+    singles = [
+        row.name
+        for row in rows
+        if row.installed
+        and row.kind == "style"
+        and row.path is not None
+        and row.name not in (MULTISTYLE_NETWORK, "arbitrary")
+        and _single_style(Path(row.path))
+    ]
+    return [f"{MULTISTYLE_NETWORK}:{index}" for index in range(26)] + singles
+
+
+def _single_style(path: Path) -> bool:
+    from stylize.store.convert import JOHNSON, family_of
+    from stylize.store.modelfile import read_model_meta
+
+    return family_of(read_model_meta(path)) == JOHNSON
+
+
+def _label(text: str, label: str) -> str:
+    """`19 starry` for a named index of a multi-style network, else the style's own label."""
+    from stylize.store.styles import parse_style, style_names
+
+    ref = parse_style(text)
+    if ref.index is None or ref.network is None:
+        return label
+    name = style_names(ref.network).get(ref.index)
+    number = str(ref.index) if ref.network == MULTISTYLE_NETWORK else ref.text
+    return f"{number} {name}" if name else number
