@@ -21,9 +21,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stylize.errors import StylizeError
+from stylize.store.formats.onnx_common import attribute
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,7 +90,7 @@ def is_arbitrary_predictor(model: onnx.ModelProto) -> bool:
         and len(outputs) == 1
         and _last_dim(outputs[0]) == STYLE_SIZE
         and ops["GlobalAveragePool"] == 1
-        and any(_attribute(node, "group", 1) > 1 for node in model.graph.node)
+        and any(attribute(node, "group", 1) > 1 for node in model.graph.node)
     )
 
 
@@ -123,7 +124,7 @@ def dequantized_model(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and all(name in constants for name in node.input):
             arrays = [numpy_helper.to_array(constants[name]) for name in node.input]
-            value = _dequantize(arrays, _attribute(node, "axis", 1))
+            value = _dequantize(arrays, attribute(node, "axis", 1))
             folded.append(numpy_helper.from_array(value, node.output[0]))
         elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             nodes.append(onnx.helper.make_node("Identity", node.input[:1], node.output, node.name))
@@ -263,7 +264,7 @@ def _read_predictor(model: onnx.ModelProto, label: str) -> dict[str, Tensor]:
                 raise graph.fail(f"an activation clips to {bounds}, not ReLU6's [0, 6]")
     tensors: dict[str, Tensor] = {}
     for name, stride, conv in zip(names, strides, convs, strict=True):
-        if set(_attribute(conv, "strides", [1])) != {stride}:
+        if set(attribute(conv, "strides", [1])) != {stride}:
             raise graph.fail(f"convolution {conv.name!r} has strides other than {stride}")
         if not _pads_same(conv, stride):
             raise graph.fail(f"convolution {conv.name!r} is not padded like TensorFlow's SAME")
@@ -281,11 +282,11 @@ def _read_predictor(model: onnx.ModelProto, label: str) -> dict[str, Tensor]:
 def _pads_same(conv: onnx.NodeProto, stride: int) -> bool:
     """Whether a convolution's padding is TensorFlow's SAME on the graph's even sizes: half the
     kernel each side at stride 1, and at stride 2 one pixel less at the top and left."""
-    if _attribute(conv, "auto_pad", b"NOTSET") == b"SAME_UPPER":
+    if attribute(conv, "auto_pad", b"NOTSET") == b"SAME_UPPER":
         return True
-    half = _attribute(conv, "kernel_shape", [1])[0] // 2
+    half = attribute(conv, "kernel_shape", [1])[0] // 2
     before = half - 1 if stride == 2 else half
-    return list(_attribute(conv, "pads", [0] * 4)) == [before, before, half, half]
+    return list(attribute(conv, "pads", [0] * 4)) == [before, before, half, half]
 
 
 def _read_transformer(model: onnx.ModelProto, label: str) -> dict[str, Tensor]:
@@ -372,12 +373,12 @@ def _check_transformer_ops(
         raise graph.fail(f"its graph has {found} operations, the network {expected}")
     for name, conv in zip(TRANSFORMER_CONVS, convs, strict=True):
         stride = 2 if name in ("conv2", "conv3") else 1
-        if set(_attribute(conv, "strides", [1])) != {stride} or any(_attribute(conv, "pads", [0])):
+        if set(attribute(conv, "strides", [1])) != {stride} or any(attribute(conv, "pads", [0])):
             raise graph.fail(f"convolution {conv.name!r} has other strides or padding")
         # Each convolution reads its input reflection-padded by half its kernel, after
         # upsampling in the decoder.
         pad = graph.source(conv.input[0])
-        half = _attribute(conv, "kernel_shape", [1])[0] // 2
+        half = attribute(conv, "kernel_shape", [1])[0] // 2
         amounts = (
             graph.constants.get(pad.input[1]) if pad is not None and pad.op_type == "Pad" else None
         )
@@ -395,10 +396,10 @@ def _check_transformer_ops(
     scales: list[list[float]] = []
     epsilons: list[float] = []
     for node in data:
-        if node.op_type == "Pad" and _attribute(node, "mode", b"constant") != b"reflect":
+        if node.op_type == "Pad" and attribute(node, "mode", b"constant") != b"reflect":
             raise graph.fail("it pads with something other than reflection")
         if node.op_type == "Resize":
-            if _attribute(node, "mode", b"") != b"nearest" or len(node.input) < 3:
+            if attribute(node, "mode", b"") != b"nearest" or len(node.input) < 3:
                 raise graph.fail("it resizes with something other than nearest neighbour")
             scales.append([float(s) for s in graph.constants.get(node.input[2], [])])
         constant = next((name for name in node.input if name in graph.constants), None)
@@ -461,12 +462,3 @@ def _signature(model: onnx.ModelProto) -> str:
     inputs = ", ".join(f"{value.name} {_shape(value)}" for value in _inputs(model)) or "none"
     outputs = ", ".join(f"{value.name} {_shape(value)}" for value in model.graph.output) or "none"
     return f"inputs {inputs}; outputs {outputs}"
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
