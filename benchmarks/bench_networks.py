@@ -81,9 +81,7 @@ print(json.dumps({"median_s": statistics.median(times), "min_s": min(times),
 def run_case(network: str, precision: str, size: int, runs: int) -> dict[str, float | str]:
     weights = str(ROOT / "tests" / "data" / "weights")
     command = [sys.executable, "-c", CASE_SCRIPT, network, precision, str(size), str(runs)]
-    finished = subprocess.run(
-        [*command, weights], capture_output=True, text=True, check=True
-    )
+    finished = subprocess.run([*command, weights], capture_output=True, text=True, check=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
