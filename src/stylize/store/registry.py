@@ -302,8 +302,6 @@ def describe_model(name: str) -> dict[str, Any]:
 
 def _style_count(description: Mapping[str, Any]) -> int:
     """How many styles a multi-style network holds: the rows of its norms' style tables."""
-    from stylize.store.modelfile import read_header
-
     if description["metadata"].get("family") == "multistyle":
         shapes = [
             value.get("shape", [])
