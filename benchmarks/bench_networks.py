@@ -28,13 +28,13 @@ NETWORKS = ("multistyle26", "arbitrary", "pytorch-examples")
 CASE_SCRIPT = """
 import json, resource, statistics, sys, time
 import torch
-from stylize.engine.device import resolve_precision
 from stylize.engine.inference import Stylizer
+from stylize.engine.runtime import Runtime
 
 network, precision, size, runs, weights = sys.argv[1:6]
 size, runs = int(size), int(runs)
-device = torch.device("cpu")
-dtype = resolve_precision(device, precision)
+runtime = Runtime.create("cpu", precision)
+dtype = runtime.dtype
 extra = {}
 if network == "pytorch-examples":
     from stylize.engine.transformer import TransformerNet
@@ -63,7 +63,7 @@ else:
             times.append(time.perf_counter() - start)
     extra["predictor_s"] = statistics.median(times)
     net = transformer.bind(vector)
-stylizer = Stylizer(net, device, dtype)
+stylizer = Stylizer(net, runtime)
 image = torch.rand(1, 3, size, size)
 stylizer(image)
 times = []

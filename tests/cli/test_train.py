@@ -187,7 +187,7 @@ def test_bad_input_fails_before_training(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--image-size", "30", "--image-size must be a multiple of 4"),
+        ("--image-size", "30", "'--image-size': must be a multiple of 4"),
         ("--lr", "0", "'--lr': must be a positive number"),
         ("--lr", "nan", "'--lr': must be a positive number"),
         ("--style-weight", "-1", "'--style-weight': must be 0 or a positive number"),

@@ -30,6 +30,7 @@ from stylize.engine.arbitrary import (
     style_vector,
 )
 from stylize.engine.inference import Stylizer
+from stylize.engine.runtime import Runtime
 from stylize.errors import StylizeError
 from stylize.store.formats.onnx_arbitrary import dequantized_model, read_arbitrary_onnx
 
@@ -149,8 +150,8 @@ def test_tiled_inference_equals_untiled(nets: tuple[StylePredictor, ArbitraryNet
     predictor, transformer = nets
     style = style_vector(predictor, pattern(256, 256, seed=1))[0]
     image = pattern(152, 200, seed=6)
-    whole = Stylizer(transformer.bind(style), torch.device("cpu"))(image)
-    tiled = Stylizer(transformer.bind(style), torch.device("cpu"), tile_size=64)(image)
+    whole = Stylizer(transformer.bind(style), Runtime(torch.device("cpu")))(image)
+    tiled = Stylizer(transformer.bind(style), Runtime(torch.device("cpu")), tile_size=64)(image)
     assert torch.allclose(tiled, whole, rtol=0.0, atol=1e-4)
 
 

@@ -180,9 +180,9 @@ def test_images_too_small_for_the_layers_are_refused_before_any_work(content, wa
 
 def test_bad_settings_are_refused(content, warm_style):
     for settings, message in [
-        (GatysSettings(optimizer="sgd"), "unknown optimizer 'sgd'"),
-        (GatysSettings(init="gray"), "unknown init 'gray'"),
-        (GatysSettings(style_weight=-1), "--style-weight must be a non-negative"),
+        (GatysSettings(optimizer="sgd"), "--optimizer must be lbfgs or adam, got 'sgd'"),
+        (GatysSettings(init="gray"), "--init must be content, noise, style or image, got 'gray'"),
+        (GatysSettings(style_weight=-1), "--style-weight must be 0 or a positive number"),
         (GatysSettings(style_layers=()), "at least one style layer"),
         (GatysSettings(content_layers=("relu6_1",)), "unknown VGG19 layer 'relu6_1'"),
         (GatysSettings(style_blend=(1, 2)), "2 weight"),

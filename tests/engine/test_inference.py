@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from style_nets import TINY, random_style_net, smooth_image
-from stylize.engine.inference import Stylizer
+from stylize.engine.inference import Stylizer, _largest_indexable_tile, _Moments
+from stylize.engine.runtime import Runtime
 from stylize.engine.transformer import TransformerNet
 from stylize.errors import StylizeError
 
@@ -16,8 +17,8 @@ def net() -> TransformerNet:
     return random_style_net()
 
 
-def stylizer(net: TransformerNet, **options) -> Stylizer:
-    return Stylizer(copy.deepcopy(net), CPU, **options)
+def stylizer(net: TransformerNet, dtype: torch.dtype | None = None, **options) -> Stylizer:
+    return Stylizer(copy.deepcopy(net), Runtime(CPU, dtype), **options)
 
 
 def test_result_is_the_network_output_in_zero_to_one(net):
@@ -114,3 +115,48 @@ def test_network_moves_to_the_requested_precision(net):
     run = stylizer(net, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in run.net.parameters())
     assert run(smooth_image(32, 32)).dtype == torch.float32
+
+
+class Float32Statistics(Runtime):
+    """The CPU with statistics in float32, as on Apple's MPS, which has no float64."""
+
+    @property
+    def statistics_dtype(self) -> torch.dtype:
+        return torch.float32
+
+
+def test_tiles_need_no_float64(net):
+    image = smooth_image(200, 240, seed=4)
+    whole = stylizer(net, tile_size=1024)(image)
+    tiled = Stylizer(copy.deepcopy(net), Float32Statistics(CPU), tile_size=64)(image)
+    torch.testing.assert_close(tiled, whole, atol=2e-4, rtol=0)
+
+
+def test_float32_moments_survive_a_large_mean():
+    # Values near 1000 with a spread of 0.01: a sum of squares in float32 would cancel to noise.
+    generator = torch.Generator().manual_seed(0)
+    values = 1000 + 0.01 * torch.randn(1, 3, 64, 96, generator=generator, dtype=torch.float64)
+    moments = _Moments(torch.float32)
+    for piece in values.float().split(8, dim=2):
+        moments.add(piece)
+    mean, variance = moments.result()
+    expected_variance = values.var(dim=(0, 2, 3), unbiased=False).float()
+    torch.testing.assert_close(mean, values.mean(dim=(0, 2, 3)).float())
+    torch.testing.assert_close(variance, expected_variance, rtol=1e-3, atol=0)
+
+
+def test_automatic_tiles_stay_within_what_gpu_kernels_can_index(net, monkeypatch):
+    monkeypatch.setattr(Stylizer, "_largest_tile", lambda self, channels: 100_000)
+    run = stylizer(net)
+    channels = net.full_resolution_channels
+    assert channels * (run.tile_size + 8) ** 2 < 2**31
+    assert run.tile_size == _largest_indexable_tile(channels) > 1000
+
+
+def test_float16_apply_is_close_to_float32(net):
+    image = smooth_image(64, 80, seed=5)
+    reference = stylizer(net)(image)
+    for tile_size in (1024, 64):
+        half = stylizer(net, dtype=torch.float16, tile_size=tile_size)(image)
+        assert torch.isfinite(half).all()
+        assert (half - reference).abs().mean() < 0.01

@@ -16,6 +16,7 @@ from stylize.engine.multistyle import (
     expected_shapes,
     load_multistyle,
 )
+from stylize.engine.runtime import Runtime
 from stylize.errors import StylizeError
 from stylize.store.formats.onnx_multistyle import read_multistyle_onnx
 
@@ -136,8 +137,8 @@ def test_reduced_precision_and_channels_last_stay_close(net):
 def test_tiles_match_the_whole_image_with_the_final_norm_and_sigmoid(net):
     image = smooth_image(152, 200, seed=2)
     weights = mix(MIXES["0.7/0.3 blend"])
-    whole = Stylizer(net.bind(weights), torch.device("cpu"))(image)
-    tiled = Stylizer(net.bind(weights), torch.device("cpu"), tile_size=64)(image)
+    whole = Stylizer(net.bind(weights), Runtime(torch.device("cpu")))(image)
+    tiled = Stylizer(net.bind(weights), Runtime(torch.device("cpu")), tile_size=64)(image)
     assert (tiled - whole).abs().max() < 1e-4  # measured 8e-6
 
 

@@ -24,6 +24,7 @@ from stylize.engine.training import (
     run_training,
     scan_training_data,
 )
+from stylize.engine.training.data import BatchOrder, CropDataset
 from stylize.engine.transformer import TransformerConfig
 from stylize.errors import StylizeError
 
@@ -82,7 +83,7 @@ def test_settings_are_checked() -> None:
         TrainSettings(image_size=30)
     with pytest.raises(StylizeError, match=r"relu9_9.*choose from"):
         TrainSettings(style_layers=("relu9_9",))
-    with pytest.raises(StylizeError, match="--style-weight must be a non-negative"):
+    with pytest.raises(StylizeError, match="--style-weight must be 0 or a positive number"):
         TrainSettings(style_weight=-1.0)
     with pytest.raises(StylizeError, match="--style-size must be at least 16"):
         TrainSettings(style_size=8)
@@ -123,7 +124,7 @@ def test_scan_finds_images_recursively_and_refuses_unusable_folders(
 
 def test_sample_stream_visits_every_image_once_per_epoch_split_between_processes() -> None:
     def batches(rank: int, first_position: int, steps: int) -> list[list[tuple[int, int]]]:
-        order = training._BatchOrder(
+        order = BatchOrder(
             image_count=10,
             seed=3,
             batch_size=3,
@@ -153,7 +154,7 @@ def test_crops_are_deterministic_and_unreadable_files_are_replaced(
     broken = photos / "broken.png"
     broken.write_bytes(b"not a png")
     images = scan_training_data(photos).images
-    dataset = training._CropDataset(images, size=32, seed=0)
+    dataset = CropDataset(images, size=32, seed=0)
     wide = images.index(photos / "photo0.png")  # 48x32: 17 places for a 32x32 crop
     pixels, unreadable = dataset[(wide, 5)]
     assert pixels.shape == (32, 32, 3) and pixels.dtype == torch.uint8

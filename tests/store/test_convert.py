@@ -257,7 +257,7 @@ def test_onnx_weights_in_external_files_are_not_followed(tmp_path):
         ),
         ("list", "not a state dict of tensors"),
         ("vgg", "no convolution weight 'conv1.conv2d.weight'"),
-        ("truncated", "cannot load"),
+        ("truncated", "damaged zip archive"),
     ],
 )
 def test_files_that_are_not_style_models_are_refused(tmp_path, content, message):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from stylize.engine.settings import SettingError, check_style_blend
 from stylize.errors import StylizeError
 
 
@@ -59,13 +62,6 @@ def positive_number(value: float | None) -> float | None:
     return value
 
 
-def non_negative_number(value: float) -> float:
-    """Typer callback: 0 or a finite positive number (NaN and infinity are refused)."""
-    if not (math.isfinite(value) and value >= 0):
-        raise typer.BadParameter(f"must be 0 or a positive number, got {value}")
-    return value
-
-
 def not_stdout(path: Path | None) -> Path | None:
     """Typer callback for an output path: "-" would be a file named "-", not standard output."""
     if path is not None and str(path) == "-":
@@ -73,33 +69,38 @@ def not_stdout(path: Path | None) -> Path | None:
     return path
 
 
-def parse_layers(text: str, option: str) -> tuple[str, ...]:
-    """A comma-separated list of VGG19 layer names, or a usage error naming `option`."""
-    from stylize.engine.vgg import check_taps
-
+@contextmanager
+def settings_usage_errors() -> Iterator[None]:
+    """Reports a SettingError of the block (from a settings dataclass's `validate()`) as a
+    usage error of the option it names (exit code 2), in the engine's words."""
     try:
-        return check_taps([name.strip() for name in text.split(",") if name.strip()])
-    except StylizeError as error:
-        raise typer.BadParameter(str(error), param_hint=f"'{option}'") from None
+        yield
+    except SettingError as error:
+        raise typer.BadParameter(error.problem, param_hint=f"'{error.option}'") from None
 
 
-def parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
-    """The --style-blend weights, one per style, or a usage error."""
+def parse_layers(text: str) -> tuple[str, ...]:
+    """A comma-separated list of VGG19 layer names; the settings' `validate()` checks them."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_weights(text: str | None) -> tuple[float, ...] | None:
+    """The --style-blend weights as numbers (None when not given), or a usage error."""
     if text is None:
         return None
     try:
-        weights = tuple(float(part) for part in text.split(","))
+        return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise typer.BadParameter(
             f"'{text}' is not a comma-separated list of numbers", param_hint="'--style-blend'"
         ) from None
-    if len(weights) != style_count:
-        raise typer.BadParameter(
-            f"{len(weights)} weight(s) for {style_count} style(s): give one each",
-            param_hint="'--style-blend'",
-        )
-    if not all(math.isfinite(weight) and weight >= 0 for weight in weights) or not any(weights):
-        raise typer.BadParameter(
-            "weights must be non-negative numbers, not all zero", param_hint="'--style-blend'"
-        )
+
+
+def parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
+    """The --style-blend weights, one per style, checked as optimize checks them, or a usage
+    error."""
+    weights = parse_weights(text)
+    if weights is not None:
+        with settings_usage_errors():
+            check_style_blend(weights, style_count)
     return weights

@@ -20,15 +20,16 @@ from stylize.cli._options import (
     parse_blend,
     positive_number,
 )
+from stylize.engine.settings import DEFAULT_STYLE_SIZE, MAX_STYLE_SIZE, MIN_STYLE_SIZE
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
     from torch import Tensor
 
     from stylize.engine.imageio import LoadedImage
     from stylize.engine.inference import Stylizer
+    from stylize.engine.runtime import Runtime
     from stylize.engine.styling import PaintingStyle
     from stylize.store.styles import LoadedStyles
 
@@ -65,11 +66,12 @@ def apply(
     style_size: Annotated[
         int,
         typer.Option(
-            min=64,
+            min=MIN_STYLE_SIZE,
+            max=MAX_STYLE_SIZE,
             help="Style images are read as a centred square of this many pixels a side: "
             "smaller gives larger patterns.",
         ),
-    ] = 256,
+    ] = DEFAULT_STYLE_SIZE,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -108,7 +110,12 @@ def apply(
     ] = 1.0,
     strength: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="1 is fully stylized, 0 the original image."),
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="1 is fully stylized, 0 the original image (with a style image: 0 is the "
+            "photo painted in its own style).",
+        ),
     ] = 1.0,
     preserve_color: Annotated[
         bool, typer.Option("--preserve-color", help="Keep the original image's colors.")
@@ -152,14 +159,15 @@ def apply(
     if not jobs:
         return
 
-    from stylize.engine.device import pick_device, resolve_precision
+    from stylize.engine.runtime import Runtime
     from stylize.store.styles import load_styles
 
-    chosen_device = pick_device(device)
-    dtype = resolve_precision(chosen_device, precision.value)
+    # Style pictures are read before anything is downloaded: a bad one fails at once.
+    paintings = [_read_painting(ref.image) for ref in refs if ref.image is not None]
+    runtime = Runtime.create(device, precision.value)
     with _console.download_progress("downloading the style network", quiet) as on_download:
         loaded = load_styles(refs, weights, on_progress=on_download)
-    stylizers = _Stylizers(loaded, chosen_device, dtype, tile_size, style_size)
+    stylizers = _Stylizers(loaded, paintings, runtime, tile_size, style_size, strength)
     _create_folders(jobs)
     runner = _Runner(
         stylizers,
@@ -182,41 +190,42 @@ def apply(
 
 class _Stylizers:
     """The stylizer for each photo: one for all, except that an image style at a strength
-    below 1 mixes in each photo's own style vector."""
+    below 1 mixes in each photo's own style vector, so each photo gets a network of its own."""
 
     def __init__(
         self,
         loaded: LoadedStyles,
-        device: torch.device,
-        dtype: torch.dtype | None,
+        paintings: list[Tensor],
+        runtime: Runtime,
         tile_size: int | None,
         style_size: int,
+        strength: float,
     ) -> None:
         from stylize.engine.inference import Stylizer
         from stylize.store.convert import ARBITRARY
 
-        self.device, self.dtype, self.tile_size = device, dtype, tile_size
+        self.runtime, self.tile_size = runtime, tile_size
         self.painting: PaintingStyle | None = None
-        self.fixed: Stylizer | None = None
-        if loaded.family == ARBITRARY:
-            from stylize.engine.imageio import load_image, to_tensor
-            from stylize.engine.styling import PaintingStyle
+        if loaded.family != ARBITRARY:
+            self.fixed = Stylizer(loaded.fixed_network(), runtime, tile_size=tile_size)
+            return
+        from stylize.engine.styling import PaintingStyle
 
-            paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
-            self.painting = PaintingStyle(
-                loaded.predictor,
-                loaded.network,
-                paintings,
-                loaded.mix,
-                device=device,
-                style_size=style_size,
-            )
-        else:
-            self.fixed = Stylizer(loaded.fixed_network(), device, dtype, tile_size=tile_size)
+        painting = PaintingStyle(
+            loaded.predictor,
+            loaded.network,
+            paintings,
+            loaded.mix,
+            device=runtime.device,
+            style_size=style_size,
+        )
+        self.fixed = Stylizer(painting.network_for(), runtime, tile_size=tile_size)
+        if strength < 1.0:
+            self.painting = painting
 
     @property
     def per_photo(self) -> bool:
-        """Whether each photo may need a network of its own (then batches are single)."""
+        """Whether each photo needs a network of its own (then batches are single)."""
         return self.painting is not None
 
     def __call__(self, content: Tensor, strength: float) -> tuple[Stylizer, float]:
@@ -224,10 +233,16 @@ class _Stylizers:
         from stylize.engine.inference import Stylizer
 
         if self.painting is None:
-            assert self.fixed is not None
+            # Image styles at full strength: strength 1 leaves no pixel blending either.
             return self.fixed, strength
         net = self.painting.network_for(content, strength)
-        return Stylizer(net, self.device, self.dtype, tile_size=self.tile_size), 1.0
+        return Stylizer(net, self.runtime, tile_size=self.tile_size), 1.0
+
+
+def _read_painting(path: Path) -> Tensor:
+    from stylize.engine.imageio import load_image, to_tensor
+
+    return to_tensor(load_image(path).rgb)
 
 
 def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) -> list[_Job]:

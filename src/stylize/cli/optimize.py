@@ -18,12 +18,12 @@ from stylize.cli._options import (
     PrecisionOption,
     QuietOption,
     StyleBlendOption,
-    non_negative_number,
     not_stdout,
-    parse_blend,
     parse_layers,
-    positive_number,
+    parse_weights,
+    settings_usage_errors,
 )
+from stylize.engine.settings import OPTIMIZERS, POOLINGS, GatysSettings
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -34,17 +34,12 @@ if TYPE_CHECKING:
 
 INTERRUPTED_EXIT_CODE = 130
 _INIT_KEYWORDS = ("content", "noise", "style")
-_DEFAULT_STYLE_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
-
-
-class Optimizer(str, Enum):
-    lbfgs = "lbfgs"
-    adam = "adam"
-
-
-class Pooling(str, Enum):
-    max = "max"
-    avg = "avg"
+# Defaults and checks are GatysSettings': the options take their defaults from it, and its
+# validate() reports a value out of range as a usage error of the option.
+_DEFAULTS = GatysSettings()
+# The choices of --optimizer and --pooling, as Typer takes them.
+Optimizer = Enum("Optimizer", [(name, name) for name in OPTIMIZERS], type=str)  # type: ignore[misc]
+Pooling = Enum("Pooling", [(name, name) for name in POOLINGS], type=str)  # type: ignore[misc]
 
 
 def optimize(
@@ -66,59 +61,56 @@ def optimize(
             help="Where to write the result (.png, .jpg, .webp, .tif).",
         ),
     ],
-    size: Annotated[int, typer.Option(min=1, help="Long edge of the output in pixels.")] = 512,
+    size: Annotated[int, typer.Option(help="Long edge of the output in pixels.")] = _DEFAULTS.size,
     style_scale: Annotated[
-        float,
-        typer.Option(
-            callback=positive_number, help="Size of the style images relative to the output."
-        ),
-    ] = 1.0,
+        float, typer.Option(help="Size of the style images relative to the output.")
+    ] = _DEFAULTS.style_scale,
     style_blend: StyleBlendOption = None,
     iterations: Annotated[
-        int, typer.Option(min=1, help="Iterations in total, over all scales.")
-    ] = 500,
-    optimizer: Annotated[Optimizer, typer.Option(help="L-BFGS or Adam.")] = Optimizer.lbfgs,
+        int, typer.Option(help="Iterations in total, over all scales.")
+    ] = _DEFAULTS.iterations,
+    optimizer: Annotated[Optimizer, typer.Option(help="L-BFGS or Adam.")] = Optimizer(
+        _DEFAULTS.optimizer
+    ),
     lr: Annotated[
         float | None,
         typer.Option(
-            callback=positive_number,
-            help="Adam's step size in pixel values (0-1); 0.02 if not given.",
+            help=f"Adam's step size in pixel values (0-1); {_DEFAULTS.lr} if not given.",
+            show_default=False,
         ),
     ] = None,
     content_weight: Annotated[
-        float, typer.Option(callback=non_negative_number, help="Weight of the content loss.")
-    ] = 1.0,
+        float, typer.Option(help="Weight of the content loss.")
+    ] = _DEFAULTS.content_weight,
     style_weight: Annotated[
-        float, typer.Option(callback=non_negative_number, help="Weight of the style loss.")
-    ] = 1.0,
+        float, typer.Option(help="Weight of the style loss.")
+    ] = _DEFAULTS.style_weight,
     tv_weight: Annotated[
-        float,
-        typer.Option(
-            callback=non_negative_number, help="Weight of the smoothness (total variation) loss."
-        ),
-    ] = 5.0,
+        float, typer.Option(help="Weight of the smoothness (total variation) loss.")
+    ] = _DEFAULTS.tv_weight,
     content_layers: Annotated[
         str, typer.Option(help="VGG19 layers that carry the content, comma-separated.")
-    ] = "relu4_2",
+    ] = ",".join(_DEFAULTS.content_layers),
     style_layers: Annotated[
         str, typer.Option(help="VGG19 layers that carry the style, comma-separated.")
-    ] = _DEFAULT_STYLE_LAYERS,
-    pooling: Annotated[Pooling, typer.Option(help="VGG19 pooling: max or avg.")] = Pooling.max,
+    ] = ",".join(_DEFAULTS.style_layers),
+    pooling: Annotated[Pooling, typer.Option(help="VGG19 pooling: max or avg.")] = Pooling(
+        _DEFAULTS.pooling
+    ),
     init: Annotated[
         str, typer.Option(help="Start from: content, noise, style, or an image file.")
-    ] = "content",
+    ] = _DEFAULTS.init,
     scales: Annotated[
         int | None,
         typer.Option(
-            min=1,
             help="Coarse-to-fine scales, each twice the size of the one before "
             "(default: enough to start near 256 px).",
             show_default=False,
         ),
-    ] = None,
+    ] = _DEFAULTS.scales,
     preserve_color: Annotated[
         bool, typer.Option("--preserve-color", help="Keep the content photo's colors.")
-    ] = False,
+    ] = _DEFAULTS.preserve_color,
     save_every: Annotated[
         int | None,
         typer.Option(
@@ -133,7 +125,7 @@ def optimize(
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Random seed (for --init noise).", show_default=False)
-    ] = None,
+    ] = _DEFAULTS.seed,
     device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.auto,
     overwrite: Annotated[
@@ -144,39 +136,35 @@ def optimize(
     """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
     from stylize.engine import imageio
     from stylize.engine.device import pick_device, resolve_precision
-    from stylize.engine.gatys import GatysSettings, GatysTransfer, default_scale_count
+    from stylize.engine.gatys import GatysTransfer
 
-    if lr is not None and optimizer is not Optimizer.adam:
+    if lr is not None and optimizer.value != "adam":
         raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="'--lr'")
-    scale_count = scales or default_scale_count(size)
-    if iterations < scale_count:
-        raise typer.BadParameter(
-            f"{iterations} iterations cannot cover {scale_count} scales: use more",
-            param_hint="'--iterations'",
-        )
-    init_path = None if init in _INIT_KEYWORDS else Path(init)
-    snapshot_every = save_every or 0
-    snapshots = _snapshot_paths(output, iterations, snapshot_every)
-    _refuse_collisions(
-        output, trace, snapshots, inputs=[content, *styles, *([init_path] if init_path else [])]
-    )
     settings = GatysSettings(
         size=size,
         style_scale=style_scale,
-        style_blend=parse_blend(style_blend, len(styles)),
+        style_blend=parse_weights(style_blend),
         iterations=iterations,
         optimizer=optimizer.value,
         content_weight=content_weight,
         style_weight=style_weight,
         tv_weight=tv_weight,
-        content_layers=parse_layers(content_layers, "--content-layers"),
-        style_layers=parse_layers(style_layers, "--style-layers"),
+        content_layers=parse_layers(content_layers),
+        style_layers=parse_layers(style_layers),
         pooling=pooling.value,
         init=init if init in _INIT_KEYWORDS else "image",
         scales=scales,
         preserve_color=preserve_color,
         seed=seed,
-        lr=GatysSettings.lr if lr is None else lr,
+        lr=_DEFAULTS.lr if lr is None else lr,
+    )
+    with settings_usage_errors():
+        settings.validate(style_count=len(styles))
+    init_path = None if init in _INIT_KEYWORDS else Path(init)
+    snapshot_every = save_every or 0
+    snapshots = _snapshot_paths(output, iterations, snapshot_every)
+    _refuse_collisions(
+        output, trace, snapshots, inputs=[content, *styles, *([init_path] if init_path else [])]
     )
     content_image = imageio.load_image(content)
     style_images = [imageio.load_image(path).rgb for path in styles]

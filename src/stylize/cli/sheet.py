@@ -64,16 +64,15 @@ def sheet(
         original = resize_long_edge(original, size)
     chosen = list(styles) if styles else _default_styles()
 
-    from stylize.engine.device import pick_device, resolve_precision
     from stylize.engine.imageio import save_image, to_image, to_tensor
     from stylize.engine.inference import Stylizer
+    from stylize.engine.runtime import Runtime
     from stylize.engine.sheet import contact_sheet
     from stylize.engine.styling import PaintingStyle
     from stylize.store.convert import ARBITRARY
     from stylize.store.styles import load_styles, parse_style
 
-    chosen_device = pick_device(device)
-    dtype = resolve_precision(chosen_device, precision.value)
+    runtime = Runtime.create(device, precision.value)
     content = to_tensor(original)
     refs = [parse_style(text) for text in chosen]
     tiles = [("original", original)]
@@ -84,12 +83,12 @@ def sheet(
             if loaded.family == ARBITRARY:
                 paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
                 painting = PaintingStyle(
-                    loaded.predictor, loaded.network, paintings, loaded.mix, device=chosen_device
+                    loaded.predictor, loaded.network, paintings, loaded.mix, device=runtime.device
                 )
                 net = painting.network_for()
             else:
                 net = loaded.fixed_network()
-            result = Stylizer(net, chosen_device, dtype)(content)[0]
+            result = Stylizer(net, runtime)(content)[0]
             tiles.append((_label(ref.text, ref.label), to_image(result)))
             on_progress(done + 1)
     save_image(contact_sheet(tiles, columns), target, overwrite=overwrite)

@@ -14,20 +14,21 @@ from stylize.cli._options import (
     Precision,
     PrecisionOption,
     QuietOption,
-    non_negative_number,
     parse_layers,
-    positive_number,
+    settings_usage_errors,
     valid_model_name,
 )
+from stylize.engine.settings import DEFAULT_STEPS, TrainSchedule, TrainSettings
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-# The same values as stylize.engine.training.TrainSettings, which imports torch; a test keeps
-# them equal.
-DEFAULT_STEPS = 40_000
-DEFAULT_CONTENT_LAYERS = "relu4_2"
-DEFAULT_STYLE_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+# Defaults and checks are TrainSettings' and TrainSchedule's: the options take their defaults
+# from them, and their validate() reports a value out of range as a usage error of the option.
+_SETTINGS = TrainSettings()
+_SCHEDULE = TrainSchedule()
+DEFAULT_CONTENT_LAYERS = ",".join(_SETTINGS.content_layers)
+DEFAULT_STYLE_LAYERS = ",".join(_SETTINGS.style_layers)
 EXIT_INTERRUPTED = 130
 PROGRESS_FIELDS = (
     "loss {loss:.3g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g}) "
@@ -68,50 +69,39 @@ def train(
         int | None,
         typer.Option(
             "--steps",
-            min=1,
             help=f"Training steps, one batch each (default: {DEFAULT_STEPS:,} unless --epochs).",
             show_default=False,
         ),
-    ] = None,
+    ] = _SCHEDULE.steps,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", min=1, help="Passes over the data set, instead of --steps."),
-    ] = None,
+        typer.Option("--epochs", help="Passes over the data set, instead of --steps."),
+    ] = _SCHEDULE.epochs,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
-    ] = 4,
+        int, typer.Option("--batch-size", help="Images per step (per process).")
+    ] = _SETTINGS.batch_size,
     lr: Annotated[
-        float, typer.Option("--lr", callback=positive_number, help="Adam learning rate.")
-    ] = 1e-3,
+        float, typer.Option("--lr", help="Adam learning rate.")
+    ] = _SETTINGS.learning_rate,
     content_weight: Annotated[
-        float,
-        typer.Option(
-            "--content-weight", callback=non_negative_number, help="Weight of the content loss."
-        ),
-    ] = 1.0,
+        float, typer.Option("--content-weight", help="Weight of the content loss.")
+    ] = _SETTINGS.content_weight,
     style_weight: Annotated[
-        float,
-        typer.Option(
-            "--style-weight", callback=non_negative_number, help="Weight of the style loss."
-        ),
-    ] = 1.0,
+        float, typer.Option("--style-weight", help="Weight of the style loss.")
+    ] = _SETTINGS.style_weight,
     tv_weight: Annotated[
         float,
-        typer.Option(
-            "--tv-weight",
-            callback=non_negative_number,
-            help="Weight of the total variation (smoothness) loss.",
-        ),
-    ] = 5.0,
+        typer.Option("--tv-weight", help="Weight of the total variation (smoothness) loss."),
+    ] = _SETTINGS.tv_weight,
     image_size: Annotated[
         int, typer.Option("--image-size", help="Side of the square training crops, in pixels.")
-    ] = 256,
+    ] = _SETTINGS.image_size,
     style_size: Annotated[
         int,
         typer.Option(
             "--style-size", help="Long edge the style image is scaled to; larger, finer strokes."
         ),
-    ] = 512,
+    ] = _SETTINGS.style_size,
     content_layers: Annotated[
         str, typer.Option("--content-layers", help="VGG19 layers for the content loss.")
     ] = DEFAULT_CONTENT_LAYERS,
@@ -128,11 +118,11 @@ def train(
         ),
     ] = None,
     preview_every: Annotated[
-        int, typer.Option("--preview-every", min=1, help="Steps between previews.")
-    ] = 1000,
+        int, typer.Option("--preview-every", help="Steps between previews.")
+    ] = _SCHEDULE.preview_every,
     checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
-    ] = 1000,
+        int, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
+    ] = _SCHEDULE.checkpoint_every,
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -153,13 +143,13 @@ def train(
         bool, typer.Option("--overwrite", help="Replace an installed model of the same name.")
     ] = False,
     workers: Annotated[
-        int, typer.Option("--workers", min=0, help="Data loading processes (0: load in-line).")
-    ] = 4,
+        int, typer.Option("--workers", help="Data loading processes (0: load in-line).")
+    ] = _SCHEDULE.workers,
     device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.auto,
     seed: Annotated[
-        int, typer.Option("--seed", min=0, help="Seed for the initial weights and the data order.")
-    ] = 0,
+        int, typer.Option("--seed", help="Seed for the initial weights and the data order.")
+    ] = _SETTINGS.seed,
     quiet: QuietOption = False,
 ) -> None:
     """Train a fast style model from an artwork and a folder of photos."""
@@ -170,12 +160,15 @@ def train(
     from stylize.store.paths import cache_dir
     from stylize.store.registry import check_install_name, install_model
 
-    if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both", param_hint="'--epochs'")
-    if steps is None and epochs is None:
-        steps = DEFAULT_STEPS
-    try:
-        settings = training.TrainSettings(
+    with settings_usage_errors():
+        TrainSchedule(
+            steps=steps,
+            epochs=epochs,
+            checkpoint_every=checkpoint_every,
+            preview_every=preview_every,
+            workers=workers,
+        ).validate()
+        settings = TrainSettings(
             image_size=image_size,
             batch_size=batch_size,
             learning_rate=lr,
@@ -183,14 +176,12 @@ def train(
             style_weight=style_weight,
             tv_weight=tv_weight,
             style_size=style_size,
-            content_layers=parse_layers(content_layers, "--content-layers"),
-            style_layers=parse_layers(style_layers, "--style-layers"),
+            content_layers=parse_layers(content_layers),
+            style_layers=parse_layers(style_layers),
             seed=seed,
         )
-    except StylizeError as error:
-        # What is left to check depends on several options (sizes against layers); each
-        # message names its option.
-        raise typer.BadParameter(str(error)) from None
+    if steps is None and epochs is None:
+        steps = DEFAULT_STEPS
     # The files first: a bad style image explains more than the name it would give.
     load_image(style)
     if data.exists() and not data.is_dir():

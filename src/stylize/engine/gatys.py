@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +19,25 @@ from torch import Tensor
 
 from stylize.engine import imageio
 from stylize.engine.color import preserve_color
-from stylize.engine.losses import content_loss, gram_matrix, style_loss, total_variation_loss
-from stylize.engine.vgg import (
-    DEFAULT_CONTENT_LAYERS,
-    DEFAULT_STYLE_LAYERS,
-    POOLINGS,
-    VGGFeatures,
-    check_taps,
-    min_input_size,
+from stylize.engine.objective import PerceptualObjective
+from stylize.engine.settings import (
+    GatysSettings,
+    check_style_blend,
+    default_scale_count,
+    option_name,
 )
+from stylize.engine.vgg import VGGFeatures, check_taps, min_input_size
 from stylize.errors import StylizeError
 
-OPTIMIZERS = ("lbfgs", "adam")
-# "image" starts from `init_image`, which the caller reads from a file.
-INIT_MODES = ("content", "noise", "style", "image")
-FIRST_SCALE_EDGE = 256
+__all__ = [
+    "GatysSettings",
+    "GatysTransfer",
+    "blend_weights",
+    "default_scale_count",
+    "scale_edges",
+    "split_iterations",
+]
+
 LBFGS_HISTORY = 50
 # A total loss this many times above where its scale started, or above the sum of the weights
 # (every relative loss at 1, a complete mismatch), means the optimization has diverged.
@@ -44,35 +47,6 @@ REPORT_INTERVAL_S = 0.1
 
 ProgressCallback = Callable[..., None]
 SnapshotCallback = Callable[[int, Tensor], None]
-
-
-@dataclass(frozen=True)
-class GatysSettings:
-    """What `stylize optimize` exposes; see docs/optimize.md for each setting."""
-
-    size: int = 512
-    style_scale: float = 1.0
-    style_blend: tuple[float, ...] | None = None
-    iterations: int = 500
-    optimizer: str = "lbfgs"
-    lr: float = 0.02
-    content_weight: float = 1.0
-    style_weight: float = 1.0
-    tv_weight: float = 5.0
-    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
-    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-    pooling: str = "max"
-    init: str = "content"
-    scales: int | None = None
-    preserve_color: bool = False
-    seed: int | None = None
-
-
-def default_scale_count(size: int) -> int:
-    """Enough scales to start near 256 px and double up to `size`."""
-    if size <= FIRST_SCALE_EDGE:
-        return 1
-    return 1 + round(math.log2(size / FIRST_SCALE_EDGE))
 
 
 def scale_edges(size: int, scales: int) -> list[int]:
@@ -102,12 +76,7 @@ def blend_weights(blend: Sequence[float] | None, count: int) -> list[float]:
     """Style blend weights normalized to sum 1 (equal when `blend` is None)."""
     if blend is None:
         return [1.0 / count] * count
-    if len(blend) != count:
-        raise StylizeError(
-            f"--style-blend has {len(blend)} weight(s) for {count} style image(s): give one each"
-        )
-    if any(not math.isfinite(weight) or weight < 0 for weight in blend) or sum(blend) <= 0:
-        raise StylizeError("--style-blend weights must be non-negative numbers, not all zero")
+    check_style_blend(blend, count)
     return [weight / sum(blend) for weight in blend]
 
 
@@ -125,7 +94,7 @@ class GatysTransfer:
         autocast_dtype: torch.dtype | None = None,
         init_image: Image.Image | None = None,
     ) -> None:
-        _check_settings(settings, init_image)
+        settings.validate(style_count=len(styles), has_init_image=init_image is not None)
         if not styles:
             raise StylizeError("at least one style image is needed")
         self.settings = settings
@@ -245,21 +214,24 @@ class GatysTransfer:
         needed = min_input_size(self._content_layers + self._style_layers)
         needed_by_styles = min_input_size(self._style_layers)
         count = len(self._contents)
+        size, scales, style_scale = (
+            option_name(GatysSettings, name) for name in ("size", "scales", "style_scale")
+        )
         for scale, (content, styles) in enumerate(zip(self._contents, self._styles, strict=True)):
-            where = f"at scale {scale + 1} of {count}" if count > 1 else "at this --size"
-            fewer_scales = " or fewer --scales" if count > 1 else ""
+            where = f"at scale {scale + 1} of {count}" if count > 1 else f"at this {size}"
+            fewer_scales = f" or fewer {scales}" if count > 1 else ""
             if min(content.size) < needed:
                 raise StylizeError(
                     f"the content image is {content.width}x{content.height} pixels {where}, too "
                     f"small for the VGG19 layers used (at least {needed} pixels a side): use a "
-                    f"larger --size{fewer_scales}"
+                    f"larger {size}{fewer_scales}"
                 )
             for style in styles:
                 if min(style.size) < needed_by_styles:
                     raise StylizeError(
                         f"a style image is {style.width}x{style.height} pixels {where}, too small "
                         f"for the style layers (at least {needed_by_styles} pixels a side): use a "
-                        f"larger --style-scale or --size{fewer_scales}"
+                        f"larger {style_scale} or {size}{fewer_scales}"
                     )
 
     def _starting_image(self, scale: int, content: Tensor) -> Tensor:
@@ -306,52 +278,33 @@ class GatysTransfer:
     ) -> Callable[[Tensor], Tensor]:
         """The loss function of this scale: image -> weighted [content, style, tv, total]."""
         settings = self.settings
-        with torch.no_grad(), self._autocast():
-            features = vgg(content)
-            content_targets = {name: features[name].float() for name in self._content_layers}
-            style_grams = []
-            for style in self._styles[scale]:
-                tensor = self._prepared(style)
-                if settings.preserve_color:
-                    tensor = _match_luminance(tensor, content)
-                features = vgg(tensor)
-                style_grams.append(
-                    {name: gram_matrix(features[name]) for name in self._style_layers}
-                )
-        # Several styles blend by their Gram matrices: the target is their weighted mean.
-        style_targets = {
-            name: sum(
-                (
-                    weight * grams[name]
-                    for weight, grams in zip(self._style_weights, style_grams, strict=True)
-                ),
-                torch.zeros_like(style_grams[0][name]),
-            )
-            for name in self._style_layers
-        }
+        objective = PerceptualObjective(
+            self._content_layers,
+            self._style_layers,
+            settings.content_weight,
+            settings.style_weight,
+            settings.tv_weight,
+        )
 
-        def objective(image: Tensor) -> Tensor:
+        def style_features(style: Image.Image) -> dict[str, Tensor]:
+            tensor = self._prepared(style)
+            if settings.preserve_color:
+                tensor = _match_luminance(tensor, content)
+            return vgg(tensor)
+
+        with torch.no_grad(), self._autocast():
+            content_targets = objective.content_targets(vgg(content))
+            # Several styles blend by their Gram matrices: the target is their weighted mean.
+            style_targets = objective.style_targets(
+                map(style_features, self._styles[scale]), self._style_weights
+            )
+
+        def losses(image: Tensor) -> Tensor:
             with self._autocast():
                 features = vgg(image)
-            zero = image.new_zeros(())
-            content_term = sum(
-                (content_loss(features[name], target) for name, target in content_targets.items()),
-                zero,
-            ) / max(len(content_targets), 1)
-            style_term = sum(
-                (style_loss(features[name], target) for name, target in style_targets.items()),
-                zero,
-            ) / len(style_targets)
-            terms = torch.stack(
-                [
-                    settings.content_weight * content_term,
-                    settings.style_weight * style_term,
-                    settings.tv_weight * total_variation_loss(image),
-                ]
-            )
-            return torch.cat([terms, terms.sum().unsqueeze(0)])
+            return objective(image, features, content_targets, style_targets)
 
-        return objective
+        return losses
 
     def _stepper(self, objective: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
         """One optimizer iteration per call; returns the losses it evaluated (before its step)."""
@@ -478,38 +431,6 @@ class _Reports:
                 )
         self._pending.clear()
         self._last_flush = time.perf_counter()
-
-
-def _check_settings(settings: GatysSettings, init_image: Image.Image | None) -> None:
-    if settings.size < 1:
-        raise StylizeError(f"--size must be a positive number of pixels, got {settings.size}")
-    if not (math.isfinite(settings.style_scale) and settings.style_scale > 0):
-        raise StylizeError(f"--style-scale must be positive, got {settings.style_scale}")
-    if settings.iterations < 1:
-        raise StylizeError(f"--iterations must be at least 1, got {settings.iterations}")
-    if settings.scales is not None and settings.scales < 1:
-        raise StylizeError(f"--scales must be at least 1, got {settings.scales}")
-    if settings.optimizer not in OPTIMIZERS:
-        raise StylizeError(
-            f"unknown optimizer '{settings.optimizer}': choose from {', '.join(OPTIMIZERS)}"
-        )
-    if not (math.isfinite(settings.lr) and settings.lr > 0):
-        raise StylizeError(f"--lr must be a positive number, got {settings.lr}")
-    for name in ("content_weight", "style_weight", "tv_weight"):
-        value = getattr(settings, name)
-        if not (math.isfinite(value) and value >= 0):
-            option = "--" + name.replace("_", "-")
-            raise StylizeError(f"{option} must be a non-negative number, got {value}")
-    if not settings.style_layers:
-        raise StylizeError("at least one style layer is needed (--style-layers)")
-    if settings.pooling not in POOLINGS:
-        raise StylizeError(
-            f"unknown pooling '{settings.pooling}': choose from {', '.join(POOLINGS)}"
-        )
-    if settings.init not in INIT_MODES:
-        raise StylizeError(f"unknown init '{settings.init}': choose from {', '.join(INIT_MODES)}")
-    if (settings.init == "image") != (init_image is not None):
-        raise StylizeError("init 'image' and an init image go together")
 
 
 def _stretched(image: Image.Image, width: int, height: int) -> Image.Image:

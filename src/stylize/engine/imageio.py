@@ -7,7 +7,6 @@ helpers, so the CLI can validate paths and read images before paying for it.
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from stylize.atomic import atomic_write, refuse_existing
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -198,8 +198,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
         raise StylizeError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise StylizeError(f"cannot write {path}: it is a folder")
-    if path.exists() and not overwrite:
-        raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+    refuse_existing(path, overwrite=overwrite)
     _check_writable_folder(path)
 
 
@@ -230,18 +229,10 @@ def save_image(
     image = image.convert("RGB")
     if alpha is not None and format_name in _ALPHA_FORMATS:
         image.putalpha(_resize(alpha.convert("L"), image.size))
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # Created by open() rather than mkstemp so the file gets the usual umask permissions.
-        with open(temporary, "xb") as file:
+        with atomic_write(path, overwrite=overwrite) as file:
             image.save(file, format=format_name, **_SAVE_OPTIONS.get(format_name, {}))
-        # Checked again: another process may have written the file while this one encoded.
-        if path.exists() and not overwrite:
-            raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
-        os.replace(temporary, path)
     except (OSError, ValueError) as error:
         # Pillow reports encoder limits (a WebP over 16383 pixels, say) as OSError or ValueError.
         raise StylizeError(f"cannot write {path}: {error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

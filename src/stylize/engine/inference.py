@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylize.engine.color import preserve_color as keep_content_colors
+from stylize.engine.runtime import Runtime
 from stylize.engine.stylenet import StyleNet
 from stylize.errors import StylizeError
 
@@ -35,6 +36,8 @@ _HALO = 2
 # Each stage's output size in quarter-resolution pixels: the encoder halves the size twice, the
 # decoder doubles it twice.
 _ENCODER_SCALES = (4, 2, 1)
+# The first layer's 9x9 convolution pads its input by 4 pixels a side.
+_FIRST_LAYER_PADDING = 4
 _DECODER_SCALES = (2, 4, 4)
 # Measured peak memory of a forward pass, per pixel and per full-resolution channel (those
 # stages dominate): about 600 bytes a pixel for the default network in float32, 400 in bfloat16.
@@ -47,37 +50,27 @@ Statistics = tuple[Tensor, Tensor]
 
 
 class Stylizer:
-    """A style network placed on a device, ready to stylize image batches.
+    """A style network placed on a runtime's device, ready to stylize image batches.
 
-    `dtype` is the compute precision (None: float32). Images with more than `tile_size`**2
-    pixels run in tiles of that side; None picks the largest that fits the device's memory.
-    The network itself is moved to the device and precision, not copied.
+    The network computes in the runtime's compute dtype and memory layout; it is moved there,
+    not copied. Images with more than `tile_size`**2 pixels run in tiles of that side; None
+    picks the largest that fits the device's memory.
     """
 
-    def __init__(
-        self,
-        net: StyleNet,
-        device: torch.device,
-        dtype: torch.dtype | None = None,
-        *,
-        tile_size: int | None = None,
-    ) -> None:
-        self.device = device
-        self.dtype = dtype or torch.float32
-        # oneDNN (CPU) and cuDNN run these convolutions fastest on channels-last tensors.
-        self.memory_format = (
-            torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-        )
+    def __init__(self, net: StyleNet, runtime: Runtime, *, tile_size: int | None = None) -> None:
+        self.runtime = runtime
+        self.device = runtime.device
+        self.dtype = runtime.compute_dtype
+        self.memory_format = runtime.memory_format
         self.net = net.eval().requires_grad_(False)
-        self.net.to(device=device, dtype=self.dtype, memory_format=self.memory_format)
-        if device.type == "cuda":
-            # Shell loops and batches repeat the same sizes, so autotuning pays off.
-            torch.backends.cudnn.benchmark = True
+        self.net.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
+        channels = net.full_resolution_channels
         if tile_size is None:
-            tile_size = self._largest_tile(net.full_resolution_channels)
+            tile_size = self._largest_tile(channels)
         if tile_size < MIN_TILE_SIZE:
             raise StylizeError(f"tile size must be at least {MIN_TILE_SIZE}, got {tile_size}")
-        self.tile_size = tile_size - tile_size % _ALIGN
+        self.tile_size = min(tile_size, _largest_indexable_tile(channels))
+        self.tile_size -= self.tile_size % _ALIGN
 
     def __call__(
         self,
@@ -151,11 +144,11 @@ class Stylizer:
                 # Nothing to measure: the stage runs tile by tile as it is.
                 encoder_statistics.append(None)
                 continue
-            moments = _Moments()
+            moments = _Moments(self.runtime.statistics_dtype)
             for tile in grid:
                 moments.add(tile.core(encode(tile, encoder_statistics), scale))
             encoder_statistics.append(moments.result())
-        moments = _Moments()
+        moments = _Moments(self.runtime.statistics_dtype)
         trunk: Tensor | None = None
         for tile in grid:
             core = tile.core(encode(tile, encoder_statistics), 1)
@@ -181,7 +174,7 @@ class Stylizer:
         for stage, scale in zip(net.decoder, _DECODER_SCALES, strict=True):
             if stage.norm is None:
                 break
-            moments = _Moments()
+            moments = _Moments(self.runtime.statistics_dtype)
             for tile in grid:
                 moments.add(tile.core(decode(tile, decoder_statistics[:2]), scale))
             decoder_statistics.append(moments.result())
@@ -206,6 +199,14 @@ class Stylizer:
         return max(MIN_TILE_SIZE, side - side % _ALIGN)
 
 
+def _largest_indexable_tile(channels: int) -> int:
+    """The largest tile whose widest activation (`channels` at full resolution, with the 9x9
+    convolution's padding) stays below 2**31 elements, the most cuDNN and many CUDA kernels
+    index."""
+    side = int(math.sqrt((2**31 - 1) / channels)) - 2 * _FIRST_LAYER_PADDING
+    return side - side % _ALIGN
+
+
 def _fixed_norm(norm: nn.InstanceNorm2d | None, y: Tensor, statistics: Statistics | None) -> Tensor:
     """Instance norm with given statistics instead of the input's own; `y` itself for a stage
     without a norm."""
@@ -228,12 +229,19 @@ def _fixed_norm(norm: nn.InstanceNorm2d | None, y: Tensor, statistics: Statistic
 
 
 class _Moments:
-    """Per-channel mean and variance of a tensor seen in pieces."""
+    """Per-channel mean and variance of a tensor seen in pieces, kept in `dtype`.
 
-    def __init__(self) -> None:
+    Pieces merge by their counts, means and sums of squared deviations (Chan, Golub and
+    LeVeque's pairwise update), never by sums of squares: that cancels catastrophically when
+    the mean is large against the spread, which float32 (on devices without float64) could not
+    afford.
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
         self.count = 0
-        self.total: Tensor | float = 0.0
-        self.squares: Tensor | float = 0.0
+        self.mean: Tensor | None = None
+        self.deviations: Tensor | None = None  # sum of squared deviations from the mean
 
     def add(self, piece: Tensor) -> None:
         # Batch norm's statistics kernel is the fastest per-channel mean and variance on CPU
@@ -242,17 +250,23 @@ class _Moments:
             piece, None, None, None, None, True, 0.0, 0.0
         )
         count = piece.shape[0] * piece.shape[2] * piece.shape[3]
-        mean = mean.double()
-        variance = inverse_std.double().pow(-2)
-        self.count += count
-        self.total = self.total + count * mean
-        self.squares = self.squares + count * (variance + mean.square())
+        mean = mean.to(self.dtype)
+        deviations = inverse_std.to(self.dtype).pow(-2) * count
+        if self.mean is None or self.deviations is None:
+            self.count, self.mean, self.deviations = count, mean, deviations
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.deviations = (
+            self.deviations + deviations + delta.square() * (self.count * count / total)
+        )
+        self.count = total
 
     def result(self) -> Statistics:
-        assert isinstance(self.total, Tensor) and isinstance(self.squares, Tensor)
-        mean = self.total / self.count
-        variance = (self.squares / self.count - mean.square()).clamp_(min=0.0)
-        return mean.float(), variance.float()
+        assert self.mean is not None and self.deviations is not None
+        variance = (self.deviations / self.count).clamp_(min=0.0)
+        return self.mean.float(), variance.float()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stylize.engine.runtime import full_precision
+
 
 class ConvLayer(nn.Module):
     """Reflection padding, then a convolution.
@@ -33,7 +35,7 @@ class ConvLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # CPU autocast runs reflection padding in float32. Padding computes nothing, so it keeps
         # the input's precision instead, saving two full-size conversions per layer.
-        with torch.autocast(x.device.type, enabled=False):
+        with full_precision(x.device.type):
             x = F.pad(x, (self.padding,) * 4, mode="reflect")
         conv = self.conv2d
         if conv.out_channels < conv.in_channels and conv.stride == (1, 1):
@@ -61,7 +63,7 @@ class UpsampleConvLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self.conv2d.weight, self.conv2d.bias
         kernels = _phase_taps(_phase_taps(weight, 3), 3).flatten(0, 2)
-        with torch.autocast(x.device.type, enabled=False):
+        with full_precision(x.device.type):
             x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         phases = F.conv2d(x, kernels, bias.repeat(4))
         return _InterleavePhases.apply(phases)

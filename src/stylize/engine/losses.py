@@ -14,18 +14,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stylize.engine.runtime import full_precision
+
 # Only guards against dividing by zero for an all-zero target (a layer that never fires).
 _TINY = 1e-30
 
 
 def gram_matrix(features: Tensor) -> Tensor:
-    """(N, C, H, W) features -> (N, C, C) channel correlations, divided by C*H*W so they do not
-    depend on the image size."""
+    """(N, C, H, W) features -> (N, C, C) channel correlations in float32, divided by C*H*W so
+    they do not depend on the image size.
+
+    Computed with autocast off whatever the caller's state: under float16 autocast the product
+    would be cast back to float16, whose range the sums of a large image overflow."""
     batch, channels, height, width = features.shape
-    # Pixels-by-channels order is a free view of channels-last features (the VGG's layout), so
-    # the gradient flows back channels-last too instead of through a copy.
-    flat = features.float().permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-    return _Gram.apply(flat) / (channels * height * width)
+    with full_precision(features.device.type):
+        # Pixels-by-channels order is a free view of channels-last features (the VGG's layout),
+        # so the gradient flows back channels-last too instead of through a copy.
+        flat = features.float().permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return _Gram.apply(flat) / (channels * height * width)
 
 
 class _Gram(torch.autograd.Function):

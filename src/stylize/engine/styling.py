@@ -13,12 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from stylize.engine.arbitrary import STYLE_IMAGE_SIZE, style_vector
+from stylize.engine.arbitrary import style_vector
+from stylize.engine.settings import DEFAULT_STYLE_SIZE, MAX_STYLE_SIZE, MIN_STYLE_SIZE
 from stylize.engine.stylenet import StyleNet
 from stylize.errors import StylizeError
-
-DEFAULT_STYLE_SIZE = STYLE_IMAGE_SIZE
-MIN_STYLE_SIZE = 64
 
 
 class PaintingStyle:
@@ -39,8 +37,10 @@ class PaintingStyle:
         device: torch.device,
         style_size: int = DEFAULT_STYLE_SIZE,
     ) -> None:
-        if style_size < MIN_STYLE_SIZE:
-            raise StylizeError(f"style size must be at least {MIN_STYLE_SIZE}, got {style_size}")
+        if not MIN_STYLE_SIZE <= style_size <= MAX_STYLE_SIZE:
+            raise StylizeError(
+                f"style size must be from {MIN_STYLE_SIZE} to {MAX_STYLE_SIZE}, got {style_size}"
+            )
         self.predictor = predictor.to(device=device, dtype=torch.float32)
         self.network = network
         self.device = device

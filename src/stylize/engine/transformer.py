@@ -6,74 +6,21 @@ stages and a 9x9 output convolution with no activation. Inputs and outputs are i
 
 The module names (`conv1.conv2d`, `in1`, `res1.conv1.conv2d`, `deconv1.conv2d`, ...) are those
 of pytorch/examples, so its checkpoints load directly and `state_dict()` keys are the tensor
-names of the native model file.
+names of the native model file. The architecture, `TransformerConfig`, is a training setting
+and lives in engine/settings.py (which imports no torch); it is imported from here as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer
+from stylize.engine.settings import TransformerConfig
 from stylize.engine.stylenet import Stage, StyleNet, identity, relu
 from stylize.errors import StylizeError
-
-_MAX_CHANNELS = 1024
-_MAX_RESIDUAL_BLOCKS = 64
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    """Channel widths of the full-, half- and quarter-resolution stages, and residual blocks.
-
-    The default is the pytorch/examples network (1,679,235 parameters).
-    """
-
-    channels: tuple[int, int, int] = (32, 64, 128)
-    residual_blocks: int = 5
-
-    def __post_init__(self) -> None:
-        if len(self.channels) != 3 or not all(
-            _is_int(width) and 1 <= width <= _MAX_CHANNELS for width in self.channels
-        ):
-            raise StylizeError(
-                f"transform network channels must be three integers from 1 to {_MAX_CHANNELS}, "
-                f"got {list(self.channels)}"
-            )
-        if not (
-            _is_int(self.residual_blocks) and 0 <= self.residual_blocks <= _MAX_RESIDUAL_BLOCKS
-        ):
-            raise StylizeError(
-                f"transform network residual_blocks must be an integer from 0 to "
-                f"{_MAX_RESIDUAL_BLOCKS}, got {self.residual_blocks!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"channels": list(self.channels), "residual_blocks": self.residual_blocks}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TransformerConfig:
-        """Reads `to_dict()` output (for example the `architecture` field of a model file)."""
-        if not isinstance(data, Mapping):
-            raise StylizeError(f"transform network architecture must be an object, got {data!r}")
-        fields = {"channels", "residual_blocks"}
-        if set(data) != fields:
-            raise StylizeError(
-                f"transform network architecture must have exactly the fields "
-                f"{', '.join(sorted(fields))}, got {', '.join(sorted(map(str, data))) or 'none'}"
-            )
-        channels = data["channels"]
-        if not isinstance(channels, (list, tuple)):
-            raise StylizeError(f"transform network channels must be a list, got {channels!r}")
-        return cls(channels=tuple(channels), residual_blocks=data["residual_blocks"])
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class TransformerNet(StyleNet):

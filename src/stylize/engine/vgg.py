@@ -6,58 +6,37 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs, make_layers
+from torchvision.models.vgg import make_layers
 
+from stylize.engine.settings import (
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    POOLINGS,
+    TAP_FEATURE_INDEX,
+    TAP_NAMES,
+    VGG19_LAYOUT,
+    check_taps,
+    min_input_size,
+)
 from stylize.errors import StylizeError
 
-# torchvision's VGG19 ("E") up to conv5_1, the deepest layer the losses use; the stored loss
-# network keeps exactly these weights.
-_FOURTH_POOL = [index for index, entry in enumerate(cfgs["E"]) if entry == "M"][3]
-_VGG19_CONFIG: list[int | str] = list(cfgs["E"][: _FOURTH_POOL + 2])
+__all__ = [
+    "DEFAULT_CONTENT_LAYERS",
+    "DEFAULT_STYLE_LAYERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "POOLINGS",
+    "TAP_NAMES",
+    "VGGFeatures",
+    "check_taps",
+    "min_input_size",
+]
+
+# The layout lives with the settings, which name its layers without importing torch.
+_VGG19_CONFIG: list[int | str] = list(VGG19_LAYOUT)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("max", "avg")
-
-DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
-DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-
-
-def _tap_layout() -> tuple[dict[str, int], dict[str, int]]:
-    """Index in `features` and number of poolings before it, for each ReLU."""
-    indices: dict[str, int] = {}
-    poolings: dict[str, int] = {}
-    block, conv, index = 1, 0, 0
-    for entry in _VGG19_CONFIG:
-        if entry == "M":
-            block, conv, index = block + 1, 0, index + 1
-            continue
-        conv += 1
-        name = f"relu{block}_{conv}"
-        indices[name] = index + 1
-        poolings[name] = block - 1
-        index += 2
-    return indices, poolings
-
-
-_TAP_INDEX, _TAP_POOLINGS = _tap_layout()
-TAP_NAMES: tuple[str, ...] = tuple(_TAP_INDEX)
-
-
-def check_taps(taps: Sequence[str]) -> tuple[str, ...]:
-    """The tap names, deduplicated in order; StylizeError for an unknown one."""
-    unknown = [name for name in taps if name not in _TAP_INDEX]
-    if unknown:
-        raise StylizeError(
-            f"unknown VGG19 layer {', '.join(repr(name) for name in unknown)}: "
-            f"choose from {', '.join(TAP_NAMES)}"
-        )
-    return tuple(dict.fromkeys(taps))
-
-
-def min_input_size(taps: Sequence[str]) -> int:
-    """The smallest image side that still gives the deepest tap at least one pixel."""
-    return 2 ** max((_TAP_POOLINGS[name] for name in check_taps(taps)), default=0)
 
 
 class VGGFeatures(nn.Module):
@@ -77,7 +56,7 @@ class VGGFeatures(nn.Module):
             raise StylizeError("at least one VGG19 layer is needed")
         if pooling not in POOLINGS:
             raise StylizeError(f"unknown pooling '{pooling}': choose from {', '.join(POOLINGS)}")
-        last = max(_TAP_INDEX[name] for name in self.taps)
+        last = max(TAP_FEATURE_INDEX[name] for name in self.taps)
         layers = make_layers(_VGG19_CONFIG)[: last + 1]
         if pooling == "avg":
             for index, layer in enumerate(layers):
@@ -86,7 +65,7 @@ class VGGFeatures(nn.Module):
         layers.load_state_dict(_select_weights(weights, layers))
         # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels.
         self.layers = layers.to(memory_format=torch.channels_last).eval().requires_grad_(False)
-        self._tap_at = {_TAP_INDEX[name]: name for name in self.taps}
+        self._tap_at = {TAP_FEATURE_INDEX[name]: name for name in self.taps}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

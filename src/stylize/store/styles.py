@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[..., None]
 
 ARBITRARY_NETWORK = "arbitrary"
-_INDEXED = re.compile(r"(?P<network>[a-z0-9][a-z0-9_-]{0,63}):(?P<index>\d{1,4})")
+_INDEXED = re.compile(r"(?P<network>[a-z0-9][a-z0-9_-]{0,63}):(?P<index>.*)")
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,13 @@ def parse_style(text: str) -> StyleRef:
     from stylize.store.registry import validate_name
 
     indexed = _INDEXED.fullmatch(text)
-    if indexed:
-        network, index = indexed["network"], int(indexed["index"])
-        return StyleRef(text, f"{network}-{index}", network=network, index=index)
+    if indexed and not Path(text).exists():
+        network, index = indexed["network"], indexed["index"]
+        if not index.isdigit() or len(index) > 6:
+            raise StylizeError(
+                f"{text}: after '{network}:' give the number of one of its styles, like {network}:0"
+            )
+        return StyleRef(text, f"{network}-{int(index)}", network=network, index=int(index))
     named = catalog.named_styles().get(text)
     if named is not None:
         return StyleRef(text, named.name, network=named.network, index=named.index)
@@ -149,8 +153,8 @@ def load_styles(
     networks = {ref.network or str(ref.file) for ref in refs}
     if len(refs) > 1 and (len(networks) > 1 or any(ref.index is None for ref in refs)):
         raise StylizeError(
-            "styles blend only within one multi-style network (like starry,great-wave or "
-            "multistyle26:3,multistyle26:7) or as style images"
+            "styles blend only within one multi-style network (like -s starry -s great-wave, or "
+            "-s multistyle26:3 -s multistyle26:7) or as style images"
         )
     ref = refs[0]
     if ref.file is not None:
@@ -172,6 +176,11 @@ def load_styles(
     from stylize.engine.multistyle import load_multistyle
 
     network = load_multistyle(tensors)
+    if ref.file is not None:
+        raise StylizeError(
+            f"{where} holds {network.styles} styles: import it first ('stylize models import "
+            f"{where} --name NAME'), then use NAME:N"
+        )
     if any(ref.index is None for ref in refs):
         raise StylizeError(
             f"{where} holds {network.styles} styles: pick one as {where}:N (N from 0 to "

@@ -1,0 +1,342 @@
+"""The training loop: a transform network learns to paint any photo in one artwork's style.
+
+Owns `run_training` and its `TrainResult`: the network, the VGG19 loss network and the style
+targets set up, one optimizer step per batch, the progress reports, and what the main process
+writes on the way (previews, checkpoints, the loss log) and returns at the end (the weights and
+their metadata for the store).
+
+The loss is optimize's: VGG19 content and style losses (relative errors, averaged over their
+layers) and total variation, so the same default weights balance them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from stylize.engine.imageio import resize_long_edge, save_image, to_image, to_tensor
+from stylize.engine.losses import content_loss, gram_matrix, style_loss, total_variation_loss
+from stylize.engine.settings import TrainSchedule, option_name
+from stylize.engine.training.checkpoints import (
+    LOSS_LOG_FILE,
+    LossLog,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from stylize.engine.training.data import data_loader
+from stylize.engine.training.distributed import (
+    average_over_processes,
+    parallel_model,
+    process_group,
+    stop_requests,
+)
+from stylize.engine.training.plan import TrainingPlan
+from stylize.engine.transformer import TransformerNet
+from stylize.engine.vgg import VGGFeatures
+from stylize.errors import StylizeError
+
+ProgressCallback = Callable[..., None]
+
+PREVIEW_FOLDER = "previews"
+THUMBNAIL_LONG_EDGE = 96
+_LOSS_NAMES = ("content", "style", "tv", "loss")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of `run_training`. `tensors` and `meta` (for the store) are empty on
+    processes other than the main one."""
+
+    step: int
+    interrupted: bool
+    losses: dict[str, float]
+    unreadable: tuple[str, ...]
+    tensors: dict[str, Tensor]
+    meta: dict[str, Any]
+
+
+def run_training(
+    plan: TrainingPlan,
+    vgg_weights: Mapping[str, Tensor],
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    workers: int = 0,
+    checkpoint_every: int = 1000,
+    preview_every: int = 1000,
+    on_progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Trains up to `plan.total_steps`, writing checkpoints, previews and the loss log into the
+    work folder (main process only), and returns the trained weights.
+
+    `on_progress(step, total_steps, **values)` follows every step, with `content`, `style`,
+    `tv` (weighted losses), `loss` (their sum), `images_per_second` and `unreadable` (files
+    skipped so far). The first Ctrl-C (SIGINT) stops after the current step and saves a
+    checkpoint; the result then says `interrupted`."""
+    TrainSchedule(
+        workers=workers, checkpoint_every=checkpoint_every, preview_every=preview_every
+    ).validate()
+    with process_group(plan.processes, plan.device), stop_requests() as stop_requested:
+        return _Trainer(plan, vgg_weights, autocast_dtype).train(
+            workers=workers,
+            checkpoint_every=checkpoint_every,
+            preview_every=preview_every,
+            stop_requested=stop_requested,
+            on_progress=on_progress,
+        )
+
+
+class _Trainer:
+    def __init__(
+        self,
+        plan: TrainingPlan,
+        vgg_weights: Mapping[str, Tensor],
+        autocast_dtype: torch.dtype | None,
+    ) -> None:
+        self.plan = plan
+        self.settings = settings = plan.settings
+        self.device = device = plan.device
+        self.autocast_dtype = autocast_dtype
+        if device.type == "cuda":
+            # Every batch has the same shape, so autotuning pays off from the second step.
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(settings.seed)
+        self.memory_format = (
+            torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        )
+        self.net = TransformerNet(settings.architecture).to(
+            device=device, memory_format=self.memory_format
+        )
+        # The content targets need only the content layers, often shallower than the style's.
+        self.vgg = VGGFeatures(vgg_weights, settings.content_layers + settings.style_layers).to(
+            device
+        )
+        self.content_vgg = VGGFeatures(vgg_weights, settings.content_layers).to(device)
+        self.style_grams = self._style_grams()
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate)
+        # Gradients of float16 losses underflow without scaling; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+        self.step = 0
+        self.position = 0
+        self.losses = dict.fromkeys(_LOSS_NAMES, math.nan)
+        if plan.checkpoint is not None:
+            self.step, self.position, self.losses = restore_checkpoint(
+                plan.checkpoint,
+                plan.checkpoint_path,
+                net=self.net,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                device=device,
+            )
+        self.model: nn.Module = parallel_model(self.net, device, plan.processes)
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+
+    def _style_grams(self) -> dict[str, Tensor]:
+        style = to_tensor(self.plan.style, self.device)
+        with torch.no_grad():
+            features = self.vgg(style)
+            return {name: gram_matrix(features[name]) for name in self.settings.style_layers}
+
+    def train(
+        self,
+        *,
+        workers: int,
+        checkpoint_every: int,
+        preview_every: int,
+        stop_requested: Callable[[], bool],
+        on_progress: ProgressCallback | None,
+    ) -> TrainResult:
+        plan = self.plan
+        main = plan.processes.is_main
+        samples_per_step = self.settings.batch_size * plan.processes.world_size
+        unreadable: dict[str, None] = {}
+        interrupted = False
+        if on_progress is not None:
+            on_progress(self.step, plan.total_steps)
+        with LossLog(plan.workdir / LOSS_LOG_FILE, self.step, enabled=main) as log:
+            rate = _Rate(samples_per_step)
+            batches = data_loader(
+                plan.data,
+                self.settings,
+                plan.processes,
+                first_position=self.position,
+                steps=plan.total_steps - self.step,
+                workers=workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            for pixels, skipped in batches:
+                self.losses, interrupted = self._step(pixels, stop_requested)
+                self.step += 1
+                self.position += samples_per_step
+                unreadable.update(dict.fromkeys(skipped))
+                if not all(math.isfinite(value) for value in self.losses.values()):
+                    raise StylizeError(
+                        f"the loss became {self.losses['loss']} at step {self.step}; the last "
+                        f"checkpoint is in {plan.workdir}. Try a smaller "
+                        f"{option_name(self.settings, 'learning_rate')} or --precision fp32"
+                    )
+                values = {
+                    **self.losses,
+                    "images_per_second": rate.step_done(),
+                    "unreadable": len(unreadable),
+                }
+                log.write(step=self.step, images=self.position, **values)
+                if on_progress is not None:
+                    on_progress(self.step, plan.total_steps, **values)
+                finished = self.step >= plan.total_steps
+                if main and (finished or self.step % preview_every == 0):
+                    self._write_previews()
+                if main and (finished or interrupted or self.step % checkpoint_every == 0):
+                    self._save_checkpoint()
+                if interrupted:
+                    break
+        tensors: dict[str, Tensor] = {}
+        meta: dict[str, Any] = {}
+        if main:
+            tensors = {
+                name: tensor.detach().to("cpu", torch.float32).contiguous()
+                for name, tensor in self.net.state_dict().items()
+            }
+            meta = self._model_meta()
+        return TrainResult(
+            step=self.step,
+            interrupted=interrupted,
+            losses=dict(self.losses),
+            unreadable=tuple(unreadable),
+            tensors=tensors,
+            meta=meta,
+        )
+
+    def _step(
+        self, pixels: Tensor, stop_requested: Callable[[], bool]
+    ) -> tuple[dict[str, float], bool]:
+        """One optimizer step on a uint8 batch; returns the weighted losses (averaged over the
+        processes) and whether any process was asked to stop."""
+        settings = self.settings
+        content_image = pixels.to(self.device, non_blocking=True).float()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            stylized = self.model(content_image) / 255
+            with torch.no_grad():
+                targets = self.content_vgg(content_image / 255)
+            features = self.vgg(stylized)
+        content = sum(
+            content_loss(features[name], targets[name]) for name in settings.content_layers
+        ) / len(settings.content_layers)
+        style = sum(
+            style_loss(features[name], self.style_grams[name]) for name in settings.style_layers
+        ) / len(settings.style_layers)
+        terms = torch.stack(
+            [
+                settings.content_weight * content,
+                settings.style_weight * style,
+                settings.tv_weight * total_variation_loss(stylized),
+            ]
+        )
+        total = terms.sum()
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        report = torch.cat([terms.detach(), total.detach().view(1)])
+        report, stop = average_over_processes(report, stop_requested(), self.plan.processes)
+        return dict(zip(_LOSS_NAMES, report.tolist(), strict=True)), stop
+
+    def _write_previews(self) -> None:
+        if not self.plan.previews:
+            return
+        folder = self.plan.workdir / PREVIEW_FOLDER
+        folder.mkdir(exist_ok=True)
+        self.net.eval()
+        try:
+            for stem, image in self.plan.previews:
+                content = to_tensor(image, self.device).contiguous(memory_format=self.memory_format)
+                with torch.no_grad(), self._autocast():
+                    stylized = self.net(content * 255)
+                save_image(
+                    to_image(stylized.float() / 255),
+                    folder / f"{stem}-{self.step:06d}.jpg",
+                    overwrite=True,
+                )
+        finally:
+            self.net.train()
+
+    def _save_checkpoint(self) -> None:
+        plan = self.plan
+        write_checkpoint(
+            plan.checkpoint_path,
+            step=self.step,
+            position=self.position,
+            settings=self.settings,
+            style_sha256=plan.style_sha256,
+            data=plan.data,
+            net=self.net,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            device=self.device,
+            losses=self.losses,
+        )
+
+    def _model_meta(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "kind": "style",
+            "source": "trained",
+            "description": (
+                f"Trained by stylize in the style of {plan.style_image.name}, on "
+                f"{len(plan.data.images)} images from {plan.data.folder.name or plan.data.folder}"
+            ),
+            "architecture": self.settings.architecture.to_dict(),
+            "style_image": plan.style_image.name,
+            "style_image_sha256": plan.style_sha256,
+            "thumbnail": _thumbnail(plan.style),
+            "training": {
+                **self.settings.to_dict(),
+                "steps": self.step,
+                "images_seen": self.position,
+                "data_images": len(plan.data.images),
+                "processes": plan.processes.world_size,
+                "precision": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
+                "final_losses": dict(self.losses),
+            },
+        }
+
+
+class _Rate:
+    """Training images per second; the first step includes one-off warm-up work, so once
+    there are more, the rate counts from its end."""
+
+    def __init__(self, samples_per_step: int) -> None:
+        self.samples_per_step = samples_per_step
+        self.started = time.perf_counter()
+        self.first_done: float | None = None
+        self.steps = 0
+
+    def step_done(self) -> float:
+        now = time.perf_counter()
+        self.steps += 1
+        if self.first_done is None:
+            self.first_done = now
+            return self.samples_per_step / max(now - self.started, 1e-9)
+        return (self.steps - 1) * self.samples_per_step / max(now - self.first_done, 1e-9)
+
+
+def _thumbnail(image: Image.Image) -> str:
+    """A small JPEG of the style image as a data URL (a few KB), for model listings."""
+    if max(image.size) > THUMBNAIL_LONG_EDGE:
+        image = resize_long_edge(image, THUMBNAIL_LONG_EDGE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,147 @@
+"""Preparing a training job: everything that can be checked before training starts.
+
+Owns `prepare_training` and the `TrainingPlan` it returns: the style image and the preview
+images read, the data folder scanned, the step budget worked out, the work folder checked, and
+its checkpoint read and checked when the job resumes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from stylize.engine.imageio import load_image, resize_long_edge
+from stylize.engine.settings import TrainSchedule, TrainSettings, min_input_size, option_name
+from stylize.engine.training.checkpoints import CHECKPOINT_FILE, check_resumable, read_checkpoint
+from stylize.engine.training.data import TrainingData, scan_training_data
+from stylize.engine.training.distributed import Processes, process_device
+from stylize.errors import StylizeError
+
+# Fewer photos than this rarely generalize to new ones; the CLI warns.
+FEW_IMAGES = 1000
+PREVIEW_LONG_EDGE = 512
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A checked training job: what `prepare_training` found, ready for `run_training`."""
+
+    settings: TrainSettings
+    style_image: Path
+    style: Image.Image
+    style_sha256: str
+    data: TrainingData
+    workdir: Path
+    total_steps: int
+    device: torch.device
+    processes: Processes
+    previews: tuple[tuple[str, Image.Image], ...]
+    checkpoint: Mapping[str, Any] | None
+
+    @property
+    def start_step(self) -> int:
+        return int(self.checkpoint["step"]) if self.checkpoint else 0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.workdir / CHECKPOINT_FILE
+
+
+def prepare_training(
+    *,
+    style_image: Path,
+    data_folder: Path,
+    workdir: Path,
+    settings: TrainSettings,
+    device: torch.device,
+    steps: int | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    previews: Sequence[Path] = (),
+) -> TrainingPlan:
+    """Checks everything that can be checked before training starts and reads the inputs.
+
+    Exactly one of `steps` and `epochs` sets the budget. With `resume` the checkpoint in
+    `workdir` must exist and match the settings, the style image and the data folder; without
+    it, `workdir` must not hold one."""
+    if steps is None and epochs is None:
+        raise StylizeError("give either a number of steps or a number of epochs")
+    TrainSchedule(steps=steps, epochs=epochs).validate()
+    processes = Processes.from_environment()
+    device = process_device(device, processes)
+    style = resize_long_edge(load_image(style_image).rgb, settings.style_size)
+    if min(style.size) < min_input_size(settings.style_layers):
+        option = option_name(settings, "style_size")
+        raise StylizeError(
+            f"the style image is {style.width}x{style.height} pixels at {option} "
+            f"{settings.style_size}, too narrow for the style layers (at least "
+            f"{min_input_size(settings.style_layers)} pixels a side): use a larger {option}"
+        )
+    style_sha256 = hashlib.sha256(Path(style_image).read_bytes()).hexdigest()
+    data = scan_training_data(data_folder)
+    if steps is None:
+        assert epochs is not None
+        samples_per_step = settings.batch_size * processes.world_size
+        steps = math.ceil(epochs * len(data.images) / samples_per_step)
+    loaded_previews = _load_previews(previews) if processes.is_main else ()
+    workdir = Path(workdir)
+    if processes.is_main:
+        _check_workdir(workdir)
+    checkpoint_path = workdir / CHECKPOINT_FILE
+    checkpoint = None
+    if resume:
+        if not checkpoint_path.is_file():
+            raise StylizeError(f"no checkpoint to resume in {workdir}; start without --resume")
+        checkpoint = read_checkpoint(checkpoint_path)
+        check_resumable(checkpoint, checkpoint_path, settings, style_sha256, data, steps)
+    elif checkpoint_path.exists():
+        raise StylizeError(
+            f"{workdir} already holds a training checkpoint: add --resume to continue it, or "
+            "remove that folder (or pick another --workdir) to start over"
+        )
+    return TrainingPlan(
+        settings=settings,
+        style_image=Path(style_image),
+        style=style,
+        style_sha256=style_sha256,
+        data=data,
+        workdir=workdir,
+        total_steps=steps,
+        device=device,
+        processes=processes,
+        previews=loaded_previews,
+        checkpoint=checkpoint,
+    )
+
+
+def _load_previews(paths: Sequence[Path]) -> tuple[tuple[str, Image.Image], ...]:
+    previews: list[tuple[str, Image.Image]] = []
+    stems: set[str] = set()
+    for path in paths:
+        image = load_image(path).rgb
+        if max(image.size) > PREVIEW_LONG_EDGE:
+            image = resize_long_edge(image, PREVIEW_LONG_EDGE)
+        stem, number = Path(path).stem, 2
+        while stem in stems:
+            stem, number = f"{Path(path).stem}-{number}", number + 1
+        stems.add(stem)
+        previews.append((stem, image))
+    return tuple(previews)
+
+
+def _check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise StylizeError(f"cannot use work folder {workdir}: {error.strerror or error}") from None
