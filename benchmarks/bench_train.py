@@ -39,6 +39,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from stylize.engine import training
 from stylize.engine.device import pick_device, resolve_precision
+from stylize.engine.runtime import Runtime
 from stylize.engine.transformer import TransformerConfig, TransformerNet
 
 TARGET_RATIO = 1.3
@@ -222,13 +223,12 @@ def stylize_loop(
             data_folder=photos,
             workdir=Path(workdir),
             settings=settings,
-            device=torch.device("cpu"),
+            runtime=Runtime(torch.device("cpu"), autocast_dtype),
             steps=steps,
         )
         training.run_training(
             plan,
             weights,
-            autocast_dtype=autocast_dtype,
             on_progress=lambda done, total, **values: on_step() if done else None,
         )
 

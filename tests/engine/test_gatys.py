@@ -13,6 +13,7 @@ from stylize.engine.gatys import (
     split_iterations,
 )
 from stylize.engine.imageio import load_image, to_tensor
+from stylize.engine.runtime import Runtime
 from stylize.errors import StylizeError
 
 
@@ -196,7 +197,10 @@ def test_bad_settings_are_refused(content, warm_style):
 
 def test_reduced_precision_keeps_losses_in_float32(content, warm_style, weights):
     transfer = GatysTransfer(
-        content, [warm_style], GatysSettings(size=32, iterations=4), autocast_dtype=torch.bfloat16
+        content,
+        [warm_style],
+        GatysSettings(size=32, iterations=4),
+        runtime=Runtime(torch.device("cpu"), torch.bfloat16),
     )
     reports = []
     image = transfer.run(weights, lambda completed, total, **values: reports.append(values))

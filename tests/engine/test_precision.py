@@ -89,7 +89,7 @@ def test_float16_optimize_at_512_pixels_runs_without_overflow(weights):
             content_layers=("relu1_1",),
             style_layers=("relu1_1",),
         ),
-        autocast_dtype=torch.float16,
+        runtime=Runtime(torch.device("cpu"), torch.float16),
     )
     reports = []
     image = transfer.run(weights, lambda completed, total, **values: reports.append(values))

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from stylize.engine import training
+from stylize.engine.runtime import Runtime
 from stylize.engine.training import (
     Processes,
     TrainSettings,
@@ -68,7 +69,7 @@ def plan_for(style: Path, photos: Path, workdir: Path, **options: object) -> tra
         data_folder=photos,
         workdir=workdir,
         settings=settings,  # type: ignore[arg-type]
-        device=CPU,
+        runtime=Runtime(CPU),
         **options,  # type: ignore[arg-type]
     )
 

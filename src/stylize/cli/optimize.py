@@ -135,8 +135,8 @@ def optimize(
 ) -> None:
     """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
     from stylize.engine import imageio
-    from stylize.engine.device import pick_device, resolve_precision
     from stylize.engine.gatys import GatysTransfer
+    from stylize.engine.runtime import Runtime
 
     if lr is not None and optimizer.value != "adam":
         raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="'--lr'")
@@ -171,15 +171,9 @@ def optimize(
     init_image = None if init_path is None else _load_init(init_path)
     imageio.check_output_path(output, overwrite=overwrite)
     _check_snapshot_paths(snapshots, overwrite)
-    chosen_device = pick_device(device)
-    autocast_dtype = resolve_precision(chosen_device, precision.value)
+    runtime = Runtime.create(device, precision.value)
     transfer = GatysTransfer(
-        content_image.rgb,
-        style_images,
-        settings,
-        device=chosen_device,
-        autocast_dtype=autocast_dtype,
-        init_image=init_image,
+        content_image.rgb, style_images, settings, runtime=runtime, init_image=init_image
     )
 
     def save(image: Tensor, path: Path) -> Path:
@@ -191,10 +185,9 @@ def optimize(
         trace_file = stack.enter_context(_open_trace(trace, overwrite)) if trace else None
         report = stack.enter_context(_Report(quiet, trace_file))
         width, height = transfer.sizes[-1]
-        arithmetic = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "float32"
         _console.info(
-            f"optimizing {width}x{height} in {len(transfer.sizes)} scale(s) on {chosen_device} "
-            f"({arithmetic})",
+            f"optimizing {width}x{height} in {len(transfer.sizes)} scale(s) on {runtime.device} "
+            f"({runtime.precision_name})",
             quiet,
         )
         try:

@@ -154,8 +154,8 @@ def train(
 ) -> None:
     """Train a fast style model from an artwork and a folder of photos."""
     from stylize.engine import training
-    from stylize.engine.device import pick_device, resolve_precision
     from stylize.engine.imageio import load_image
+    from stylize.engine.runtime import Runtime
     from stylize.errors import StylizeError
     from stylize.store.paths import cache_dir
     from stylize.store.registry import check_install_name, install_model
@@ -195,13 +195,12 @@ def train(
         data_folder=data,
         workdir=workdir or cache_dir() / "train" / name,
         settings=settings,
-        device=pick_device(device),
+        runtime=Runtime.create(device, precision.value),
         steps=steps,
         epochs=epochs,
         resume=resume,
         previews=preview or (),
     )
-    autocast_dtype = resolve_precision(plan.device, precision.value)
     quiet = quiet or not processes.is_main
     if len(plan.data.images) < training.FEW_IMAGES and processes.is_main:
         _console.warn(
@@ -220,7 +219,6 @@ def train(
         result = training.run_training(
             plan,
             vgg_weights,
-            autocast_dtype=autocast_dtype,
             workers=workers,
             checkpoint_every=checkpoint_every,
             preview_every=preview_every,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from torch import Tensor
 from stylize.engine import imageio
 from stylize.engine.color import preserve_color
 from stylize.engine.objective import PerceptualObjective
+from stylize.engine.runtime import Runtime
 from stylize.engine.settings import (
     GatysSettings,
     check_style_blend,
@@ -90,16 +90,15 @@ class GatysTransfer:
         styles: Sequence[Image.Image],
         settings: GatysSettings = GatysSettings(),
         *,
-        device: torch.device | None = None,
-        autocast_dtype: torch.dtype | None = None,
+        runtime: Runtime | None = None,
         init_image: Image.Image | None = None,
     ) -> None:
         settings.validate(style_count=len(styles), has_init_image=init_image is not None)
         if not styles:
             raise StylizeError("at least one style image is needed")
         self.settings = settings
-        self.device = device or torch.device("cpu")
-        self.autocast_dtype = autocast_dtype
+        self.runtime = runtime or Runtime(torch.device("cpu"))
+        self.device = self.runtime.device
         self._style_weights = blend_weights(settings.style_blend, len(styles))
         self._content_layers = check_taps(settings.content_layers)
         self._style_layers = check_taps(settings.style_layers)
@@ -203,13 +202,6 @@ class GatysTransfer:
         # L-BFGS reads every loss back anyway; on the CPU reading back costs nothing.
         return self.settings.optimizer == "lbfgs" or self.device.type == "cpu"
 
-    def _autocast(self) -> AbstractContextManager[object]:
-        return torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype,
-            enabled=self.autocast_dtype is not None,
-        )
-
     def _check_sizes(self) -> None:
         needed = min_input_size(self._content_layers + self._style_layers)
         needed_by_styles = min_input_size(self._style_layers)
@@ -292,7 +284,7 @@ class GatysTransfer:
                 tensor = _match_luminance(tensor, content)
             return vgg(tensor)
 
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.runtime.autocast():
             content_targets = objective.content_targets(vgg(content))
             # Several styles blend by their Gram matrices: the target is their weighted mean.
             style_targets = objective.style_targets(
@@ -300,7 +292,7 @@ class GatysTransfer:
             )
 
         def losses(image: Tensor) -> Tensor:
-            with self._autocast():
+            with self.runtime.autocast():
                 features = vgg(image)
             return objective(image, features, content_targets, style_targets)
 

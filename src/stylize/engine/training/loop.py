@@ -16,7 +16,6 @@ import io
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from stylize.engine.imageio import resize_long_edge, save_image, to_image, to_tensor
-from stylize.engine.losses import content_loss, gram_matrix, style_loss, total_variation_loss
+from stylize.engine.objective import PerceptualObjective
 from stylize.engine.settings import TrainSchedule, option_name
 from stylize.engine.training.checkpoints import (
     LOSS_LOG_FILE,
@@ -69,7 +68,6 @@ def run_training(
     plan: TrainingPlan,
     vgg_weights: Mapping[str, Tensor],
     *,
-    autocast_dtype: torch.dtype | None = None,
     workers: int = 0,
     checkpoint_every: int = 1000,
     preview_every: int = 1000,
@@ -86,7 +84,7 @@ def run_training(
         workers=workers, checkpoint_every=checkpoint_every, preview_every=preview_every
     ).validate()
     with process_group(plan.processes, plan.device), stop_requests() as stop_requested:
-        return _Trainer(plan, vgg_weights, autocast_dtype).train(
+        return _Trainer(plan, vgg_weights).train(
             workers=workers,
             checkpoint_every=checkpoint_every,
             preview_every=preview_every,
@@ -96,23 +94,13 @@ def run_training(
 
 
 class _Trainer:
-    def __init__(
-        self,
-        plan: TrainingPlan,
-        vgg_weights: Mapping[str, Tensor],
-        autocast_dtype: torch.dtype | None,
-    ) -> None:
+    def __init__(self, plan: TrainingPlan, vgg_weights: Mapping[str, Tensor]) -> None:
         self.plan = plan
         self.settings = settings = plan.settings
-        self.device = device = plan.device
-        self.autocast_dtype = autocast_dtype
-        if device.type == "cuda":
-            # Every batch has the same shape, so autotuning pays off from the second step.
-            torch.backends.cudnn.benchmark = True
+        self.runtime = runtime = plan.runtime
+        self.device = device = runtime.device
         torch.manual_seed(settings.seed)
-        self.memory_format = (
-            torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-        )
+        self.memory_format = runtime.memory_format
         self.net = TransformerNet(settings.architecture).to(
             device=device, memory_format=self.memory_format
         )
@@ -121,10 +109,19 @@ class _Trainer:
             device
         )
         self.content_vgg = VGGFeatures(vgg_weights, settings.content_layers).to(device)
-        self.style_grams = self._style_grams()
+        self.objective = PerceptualObjective(
+            settings.content_layers,
+            settings.style_layers,
+            settings.content_weight,
+            settings.style_weight,
+            settings.tv_weight,
+        )
+        # The style's Gram matrices are computed once, in full precision.
+        with torch.no_grad():
+            style = to_tensor(plan.style, device)
+            self.style_targets = self.objective.style_targets([self.vgg(style)])
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate)
-        # Gradients of float16 losses underflow without scaling; bfloat16 has float32's range.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+        self.scaler = runtime.grad_scaler()
         self.step = 0
         self.position = 0
         self.losses = dict.fromkeys(_LOSS_NAMES, math.nan)
@@ -138,17 +135,6 @@ class _Trainer:
                 device=device,
             )
         self.model: nn.Module = parallel_model(self.net, device, plan.processes)
-
-    def _autocast(self) -> AbstractContextManager[object]:
-        return torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        )
-
-    def _style_grams(self) -> dict[str, Tensor]:
-        style = to_tensor(self.plan.style, self.device)
-        with torch.no_grad():
-            features = self.vgg(style)
-            return {name: gram_matrix(features[name]) for name in self.settings.style_layers}
 
     def train(
         self,
@@ -225,32 +211,20 @@ class _Trainer:
     ) -> tuple[dict[str, float], bool]:
         """One optimizer step on a uint8 batch; returns the weighted losses (averaged over the
         processes) and whether any process was asked to stop."""
-        settings = self.settings
         content_image = pixels.to(self.device, non_blocking=True).float()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.runtime.autocast():
             stylized = self.model(content_image) / 255
             with torch.no_grad():
-                targets = self.content_vgg(content_image / 255)
+                content_targets = self.objective.content_targets(
+                    self.content_vgg(content_image / 255)
+                )
             features = self.vgg(stylized)
-        content = sum(
-            content_loss(features[name], targets[name]) for name in settings.content_layers
-        ) / len(settings.content_layers)
-        style = sum(
-            style_loss(features[name], self.style_grams[name]) for name in settings.style_layers
-        ) / len(settings.style_layers)
-        terms = torch.stack(
-            [
-                settings.content_weight * content,
-                settings.style_weight * style,
-                settings.tv_weight * total_variation_loss(stylized),
-            ]
-        )
-        total = terms.sum()
-        self.scaler.scale(total).backward()
+        losses = self.objective(stylized, features, content_targets, self.style_targets)
+        self.scaler.scale(losses[-1]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        report = torch.cat([terms.detach(), total.detach().view(1)])
+        report = losses.detach()
         report, stop = average_over_processes(report, stop_requested(), self.plan.processes)
         return dict(zip(_LOSS_NAMES, report.tolist(), strict=True)), stop
 
@@ -263,7 +237,7 @@ class _Trainer:
         try:
             for stem, image in self.plan.previews:
                 content = to_tensor(image, self.device).contiguous(memory_format=self.memory_format)
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self.runtime.autocast():
                     stylized = self.net(content * 255)
                 save_image(
                     to_image(stylized.float() / 255),
@@ -308,7 +282,7 @@ class _Trainer:
                 "images_seen": self.position,
                 "data_images": len(plan.data.images),
                 "processes": plan.processes.world_size,
-                "precision": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
+                "precision": self.runtime.precision_name,
                 "final_losses": dict(self.losses),
             },
         }

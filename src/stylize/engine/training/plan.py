@@ -7,6 +7,7 @@ its checkpoint read and checked when the job resumes one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import secrets
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from stylize.engine.imageio import load_image, resize_long_edge
+from stylize.engine.runtime import Runtime
 from stylize.engine.settings import TrainSchedule, TrainSettings, min_input_size, option_name
 from stylize.engine.training.checkpoints import CHECKPOINT_FILE, check_resumable, read_checkpoint
 from stylize.engine.training.data import TrainingData, scan_training_data
@@ -41,10 +43,14 @@ class TrainingPlan:
     data: TrainingData
     workdir: Path
     total_steps: int
-    device: torch.device
+    runtime: Runtime
     processes: Processes
     previews: tuple[tuple[str, Image.Image], ...]
     checkpoint: Mapping[str, Any] | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def start_step(self) -> int:
@@ -61,7 +67,7 @@ def prepare_training(
     data_folder: Path,
     workdir: Path,
     settings: TrainSettings,
-    device: torch.device,
+    runtime: Runtime,
     steps: int | None = None,
     epochs: int | None = None,
     resume: bool = False,
@@ -76,7 +82,8 @@ def prepare_training(
         raise StylizeError("give either a number of steps or a number of epochs")
     TrainSchedule(steps=steps, epochs=epochs).validate()
     processes = Processes.from_environment()
-    device = process_device(device, processes)
+    # Each process of a multi-GPU run computes on its own GPU, with the same policy.
+    runtime = dataclasses.replace(runtime, device=process_device(runtime.device, processes))
     style = resize_long_edge(load_image(style_image).rgb, settings.style_size)
     if min(style.size) < min_input_size(settings.style_layers):
         option = option_name(settings, "style_size")
@@ -115,7 +122,7 @@ def prepare_training(
         data=data,
         workdir=workdir,
         total_steps=steps,
-        device=device,
+        runtime=runtime,
         processes=processes,
         previews=loaded_previews,
         checkpoint=checkpoint,
