@@ -110,7 +110,11 @@ def cli() -> Callable[..., object]:
     """Runs the real CLI in-process: cli("models", "list") -> click Result (stdout, stderr)."""
     from stylize.cli import app
 
-    runner = CliRunner()
+    try:
+        # Click before 8.2 mixes stderr into stdout unless told not to.
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
 
     def run(*args: str, input: str | None = None):
         return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
@@ -133,6 +137,7 @@ class LocalServer:
         self._redirects: dict[str, str] = {}
         self._failures: dict[str, int] = {}
         self._hangs: dict[str, int] = {}
+        self._cut: dict[str, int] = {}
         self._slow: dict[str, float] = {}
         self._release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalHandler)
@@ -173,6 +178,11 @@ class LocalServer:
         """Requests for `path` stall after `after_bytes` bytes of the body until the server stops
         (with no headers at all when `after_bytes` is 0)."""
         self._hangs[path] = after_bytes
+        return self.url(path)
+
+    def cut(self, path: str, after_bytes: int) -> str:
+        """Requests for `path` announce the whole body but close after `after_bytes` bytes."""
+        self._cut[path] = after_bytes
         return self.url(path)
 
     def slow(self, path: str, seconds: float) -> str:
@@ -219,7 +229,11 @@ class _LocalHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         try:
-            if path in owner._hangs:
+            if path in owner._cut:
+                self.wfile.write(data[: owner._cut[path]])
+                self.wfile.flush()
+                self.close_connection = True
+            elif path in owner._hangs:
                 self.wfile.write(data[: owner._hangs[path]])
                 self.wfile.flush()
                 owner._release.wait()

@@ -134,8 +134,9 @@ def test_auto_precision_on_cpu_without_cpuinfo(monkeypatch: pytest.MonkeyPatch, 
     assert resolve_precision(torch.device("cpu"), "auto") is None
 
 
-def test_explicit_precisions_on_cpu(cpu_flags) -> None:
+def test_explicit_precisions_on_cpu(cpu_flags, monkeypatch) -> None:
     cpu_flags("flags", "fpu sse2")
+    monkeypatch.setattr(device_module, "_cpu_runs_float16", lambda: True)
     cpu = torch.device("cpu")
     assert resolve_precision(cpu, "fp32") is None
     assert resolve_precision(cpu, "bf16") == torch.bfloat16
@@ -171,3 +172,11 @@ def test_precision_on_mps(monkeypatch) -> None:
 def test_unknown_precision_is_a_clear_error() -> None:
     with pytest.raises(StylizeError, match="unknown precision 'int8': choose one of auto, fp32"):
         resolve_precision(torch.device("cpu"), "int8")
+
+
+def test_fp16_on_a_cpu_without_its_kernels_is_refused(monkeypatch):
+    from stylize.engine import device
+
+    monkeypatch.setattr(device, "_cpu_runs_float16", lambda: False)
+    with pytest.raises(StylizeError, match="cannot compute in fp16 on the CPU"):
+        resolve_precision(torch.device("cpu"), "fp16")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -102,8 +103,13 @@ def export_onnx(module: nn.Module, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and opset notes
+        # The legacy (TorchScript) exporter: the default before torch 2.9, asked for by name
+        # where the dynamo exporter exists.
+        legacy = (
+            {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        )
         torch.onnx.export(
-            module, (torch.rand(1, 3, 32, 32) * 255,), buffer, dynamo=False, opset_version=opset
+            module, (torch.rand(1, 3, 32, 32) * 255,), buffer, opset_version=opset, **legacy
         )
     return onnx.load_from_string(buffer.getvalue())
 

@@ -193,3 +193,25 @@ def test_invalid_timeout_setting_is_a_clear_error(http_server, monkeypatch):
         fetched(_entry(http_server.add("model.onnx", PAYLOAD))),
     ):
         pass
+
+
+def test_a_connection_closed_early_is_an_incomplete_download(http_server):
+    http_server.add("model.onnx", PAYLOAD)
+    url = http_server.cut("model.onnx", after_bytes=len(PAYLOAD) // 2)
+    with pytest.raises(StylizeError, match="incomplete download") as caught, fetched(_entry(url)):
+        pass
+    assert f"{len(PAYLOAD) // 2} of {len(PAYLOAD)} bytes" in str(caught.value)
+    assert "checksum" not in str(caught.value)
+    assert _leftovers() == []
+
+
+def test_the_size_is_checked_as_well_as_a_checksum_prefix(http_server):
+    # torch hub publishes only 8 hex digits of a checksum: the pinned size backs them up.
+    url = http_server.add("model.onnx", PAYLOAD)
+    prefix = hashlib.sha256(PAYLOAD).hexdigest()[:8]
+    entry = _entry(url, sha256=prefix, size=len(PAYLOAD) + 10)
+    with pytest.raises(StylizeError, match="incomplete download") as caught, fetched(entry):
+        pass
+    assert f"{len(PAYLOAD)} of {len(PAYLOAD) + 10} bytes" in str(caught.value)
+    with fetched(_entry(url, sha256=prefix)) as (path, digest):
+        assert path.read_bytes() == PAYLOAD and digest.startswith(prefix)

@@ -11,6 +11,11 @@ from stylize import __version__
 from stylize.cli import _console
 from stylize.errors import StylizeError
 
+try:
+    _TYPER_ERROR: type[Exception] = typer.TyperException
+except AttributeError:  # Typer before its own exceptions used click's
+    from click import ClickException as _TYPER_ERROR
+
 
 class _ReportingGroup(TyperGroup):
     """Turns expected failures into one line on stderr and exit code 1 (traceback with --debug)."""
@@ -18,7 +23,7 @@ class _ReportingGroup(TyperGroup):
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt, BrokenPipeError):
+        except (typer.Exit, typer.Abort, _TYPER_ERROR, KeyboardInterrupt, BrokenPipeError):
             raise
         except StylizeError as error:
             if _console.debug_enabled():

@@ -101,6 +101,11 @@ def resolve_precision(device: torch.device, precision: str) -> torch.dtype | Non
         raise StylizeError(
             f"unknown precision '{precision}': choose one of {', '.join(PRECISION_CHOICES)}"
         )
+    if dtype == torch.float16 and device.type == "cpu" and not _cpu_runs_float16():
+        raise StylizeError(
+            "this PyTorch cannot compute in fp16 on the CPU (it lacks some fp16 CPU kernels); "
+            "use --precision bf16 or fp32, or a newer PyTorch"
+        )
     if dtype == torch.bfloat16 and (
         (device.type == "cuda" and not _cuda_has_bf16(device))
         or (device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0))
@@ -127,3 +132,17 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+@functools.cache
+def _cpu_runs_float16() -> bool:
+    """Whether this PyTorch has the float16 CPU kernels the networks use (reflection padding
+    of channels-last tensors came late)."""
+    probe = torch.zeros(1, 2, 4, 4, dtype=torch.float16).contiguous(
+        memory_format=torch.channels_last
+    )
+    try:
+        torch.nn.functional.pad(probe, (1, 1, 1, 1), mode="reflect")
+    except RuntimeError:
+        return False
+    return True

@@ -65,9 +65,10 @@ def _fit(
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     width: int,
 ) -> str:
-    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    """`text`, shortened with "..." until it fits `width` pixels (ASCII: Pillow's fallback
+    bitmap font has no ellipsis character)."""
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
+    while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
-    return text + "…"
+    return text + "..."

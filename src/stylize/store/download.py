@@ -99,7 +99,7 @@ def fetched(
     the cache folder and deleted when the block ends.
     """
     hub_file = torch_hub_file(entry)
-    if hub_file is not None:
+    if hub_file is not None and entry.size in (None, hub_file.stat().st_size):
         sha256 = file_sha256(hub_file, on_progress)
         if entry.checksum_matches(sha256):
             yield hub_file, sha256
@@ -123,7 +123,12 @@ def _download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]
     path = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:
-            digest = _stream(url, file, entry.size, report)
+            digest, received = _stream(url, file, entry.size, report)
+        if entry.size is not None and received != entry.size:
+            raise StylizeError(
+                f"incomplete download from {url}: {received} of {entry.size} bytes arrived; "
+                "the download was discarded, try again"
+            )
         if not entry.checksum_matches(digest):
             raise StylizeError(
                 f"checksum mismatch for {url}: expected sha256 {entry.sha256}, got {digest}; "
@@ -135,7 +140,10 @@ def _download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]
     return path, digest
 
 
-def _stream(url: str, file: BinaryIO, expected_size: int | None, report: ProgressCallback) -> str:
+def _stream(
+    url: str, file: BinaryIO, expected_size: int | None, report: ProgressCallback
+) -> tuple[str, int]:
+    """Streams `url` into `file`; returns the sha256 of what arrived and its size."""
     timeout = download_timeout()
     digest = hashlib.sha256()
     limit = expected_size or _UNKNOWN_SIZE_LIMIT
@@ -156,6 +164,11 @@ def _stream(url: str, file: BinaryIO, expected_size: int | None, report: Progres
                 file.write(chunk)
                 digest.update(chunk)
                 report(done, total)
+            if length and done < int(length):
+                raise StylizeError(
+                    f"incomplete download from {url}: the server closed the connection after "
+                    f"{done} of {length} bytes; the download was discarded, try again"
+                )
     except urllib.error.HTTPError as error:
         raise StylizeError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
@@ -166,7 +179,7 @@ def _stream(url: str, file: BinaryIO, expected_size: int | None, report: Progres
         raise StylizeError(_timeout_message(url, timeout)) from None
     except (OSError, http.client.HTTPException, ValueError) as error:
         raise StylizeError(f"could not download {url}: {error}") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), done
 
 
 def _pip_download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]:
