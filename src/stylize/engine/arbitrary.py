@@ -35,14 +35,21 @@ for the norms, `transformer.res<1-5>.in<1-2>.{scale,shift}.{weight,bias}` and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer
-from stylize.engine.stylenet import BoundNet, Stage, affine_norm, relu, sigmoid
+from stylize.engine.stylenet import (
+    BoundNet,
+    Stage,
+    affine_norm,
+    check_tensors_against,
+    relu,
+    sigmoid,
+)
 from stylize.errors import StylizeError
 
 STYLE_SIZE = 100
@@ -256,30 +263,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 def check_tensors(tensors: Mapping[str, Tensor]) -> None:
     """StylizeError unless `tensors` has exactly the names and shapes of both networks, all
     finite floating-point numbers."""
-    expected = expected_shapes()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_some(unexpected)}")
-        raise StylizeError(f"not the arbitrary-style networks: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
-            raise StylizeError(
-                f"arbitrary-style tensor {name} has shape {list(tensor.shape)}, "
-                f"expected {list(shape)}"
-            )
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise StylizeError(f"arbitrary-style tensor {name} does not hold finite numbers")
-
-
-def _some(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    check_tensors_against(tensors, expected_shapes(), "arbitrary-style network pair")
 
 
 def load_arbitrary(tensors: Mapping[str, Tensor]) -> tuple[StylePredictor, ArbitraryNet]:

@@ -32,14 +32,22 @@ of styles, which inference runs like any other (see `stylenet.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer
-from stylize.engine.stylenet import BoundNet, Stage, StyleNet, affine_norm, relu, sigmoid
+from stylize.engine.stylenet import (
+    BoundNet,
+    Stage,
+    StyleNet,
+    affine_norm,
+    check_tensors_against,
+    relu,
+    sigmoid,
+)
 from stylize.errors import StylizeError
 
 STYLES = 26
@@ -154,30 +162,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 def check_tensors(tensors: Mapping[str, Tensor]) -> None:
     """StylizeError unless `tensors` has exactly the network's names and shapes, all finite."""
-    expected = expected_shapes()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_some(unexpected)}")
-        raise StylizeError(f"not the 26-style network: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
-            raise StylizeError(
-                f"26-style network tensor {name} has shape {list(tensor.shape)}, "
-                f"expected {list(shape)}"
-            )
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise StylizeError(f"26-style network tensor {name} does not hold finite numbers")
-
-
-def _some(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    check_tensors_against(tensors, expected_shapes(), "26-style network")
 
 
 def load_multistyle(tensors: Mapping[str, Tensor]) -> MultiStyleNet:

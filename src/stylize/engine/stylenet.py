@@ -18,7 +18,7 @@ computed scales and shifts: plain instance norms. Inference, tiling, batching an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylize.engine.layers import instance_norm
+from stylize.errors import StylizeError
 
 
 def relu(x: Tensor) -> Tensor:
@@ -151,3 +152,32 @@ def _out_channels(conv: nn.Module) -> int:
 
 def _in_channels(conv: nn.Module) -> int:
     return int(conv.conv2d.in_channels)  # type: ignore[union-attr]
+
+
+def check_tensors_against(
+    tensors: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], network: str
+) -> None:
+    """StylizeError unless `tensors` has exactly the `expected` names and shapes, all finite
+    floating-point numbers; messages name the `network` ("26-style network", ...)."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_some(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_some(unexpected)}")
+        raise StylizeError(f"not a {network} of the expected layout: {'; '.join(parts)}")
+    for name, shape in expected.items():
+        tensor = tensors[name]
+        if tuple(tensor.shape) != shape:
+            raise StylizeError(
+                f"{network} tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}"
+            )
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise StylizeError(f"{network} tensor {name} does not hold finite numbers")
+
+
+def _some(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer
 from stylize.engine.settings import TransformerConfig
-from stylize.engine.stylenet import Stage, StyleNet, identity, relu
+from stylize.engine.stylenet import Stage, StyleNet, check_tensors_against, identity, relu
 from stylize.errors import StylizeError
 
 
@@ -97,30 +97,7 @@ def infer_config(tensors: Mapping[str, Tensor]) -> TransformerConfig:
 
 def check_tensors(tensors: Mapping[str, Tensor], config: TransformerConfig) -> None:
     """StylizeError unless `tensors` has exactly the names and shapes of `config`'s network."""
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_some(unexpected)}")
-        raise StylizeError(f"not a transform network of the expected layout: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
-            raise StylizeError(
-                f"transform network tensor {name} has shape {list(tensor.shape)}, "
-                f"expected {list(shape)}"
-            )
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise StylizeError(f"transform network tensor {name} does not hold finite numbers")
-
-
-def _some(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    check_tensors_against(tensors, expected_shapes(config), "transform network")
 
 
 def load_transformer(tensors: Mapping[str, Tensor], config: TransformerConfig) -> TransformerNet:
