@@ -177,3 +177,11 @@ def test_models_list_and_info_show_the_named_styles(cli, real_networks):
     assert "multistyle26:25" in info.stdout and "multistyle26:26" not in info.stdout
     named = cli("models", "info", "great-wave")
     assert "style: multistyle26:24" in named.stdout
+
+
+def test_a_photo_too_small_for_the_sheet_names_the_photo(cli, real_networks, make_image):
+    photo = make_image("tiny.png", size=(8, 8))
+    result = cli("sheet", photo, "-s", "starry", "-q")
+    assert result.exit_code == 1
+    assert str(photo) in result.stderr and "too small" in result.stderr
+    assert not photo.with_name("tiny.sheet.jpg").exists()

@@ -9,8 +9,11 @@ import typer
 
 from stylize.cli import _console
 from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption, not_stdout
+from stylize.errors import StylizeError
 
 MULTISTYLE_NETWORK = "multistyle26"
+# Its number of styles, known here without loading it (torch-free, like all option parsing).
+MULTISTYLE_STYLES = 26
 
 
 def sheet(
@@ -88,7 +91,10 @@ def sheet(
                 net = painting.network_for()
             else:
                 net = loaded.fixed_network()
-            result = Stylizer(net, runtime)(content)[0]
+            try:
+                result = Stylizer(net, runtime)(content)[0]
+            except StylizeError as error:
+                raise StylizeError(f"{photo}: {error}") from None
             tiles.append((_label(ref.text, ref.label), to_image(result)))
             on_progress(done + 1)
     save_image(contact_sheet(tiles, columns), target, overwrite=overwrite)
@@ -107,10 +113,9 @@ def _default_styles() -> list[str]:
         if row.installed
         and row.kind == "style"
         and row.path is not None
-        and row.name not in (MULTISTYLE_NETWORK, "arbitrary")
         and _single_style(Path(row.path))
     ]
-    return [f"{MULTISTYLE_NETWORK}:{index}" for index in range(26)] + singles
+    return [f"{MULTISTYLE_NETWORK}:{index}" for index in range(MULTISTYLE_STYLES)] + singles
 
 
 def _single_style(path: Path) -> bool:
