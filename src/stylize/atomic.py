@@ -1,22 +1,36 @@
-"""Atomic file writes: every file stylize writes goes through here.
+"""Atomic file writes and temporary files: every file stylize writes goes through here.
 
-The content goes to a temporary file in the target's folder, named `.{name}.{random}.tmp`,
+The content goes to a temporary file in the target's folder, named `.{name}.{pid}.{random}.tmp`,
 which is flushed to disk and then renamed over the target. A reader never sees half a file,
 and a failure or an interrupt (Ctrl-C included) leaves the old file, if any, as it was and no
 temporary behind. An existing target is refused unless the caller passes `overwrite`: before
 any work, and again just before the rename (another process may have written it meanwhile).
 
 `atomic_write` yields an open file; `atomic_path` yields the temporary's path, for writers
-that open the file themselves (`torch.save`, safetensors' `save_file`). Errors of the file
-system propagate as OSError, for the caller to put in words; an existing target is a
-StylizeError. Temporaries are created with `open`, so the file gets the usual permissions
-(umask), not mkstemp's owner-only ones.
+that open the file themselves (`torch.save`). Errors of the file system propagate as OSError,
+for the caller to put in words; an existing target is a StylizeError. Temporaries are created
+with `open`, so the file gets the usual permissions (umask), not mkstemp's owner-only ones.
+
+Scratch files and folders that are not renamed into place (downloads, a member taken out of
+an archive, pip's download folder) use the same names through `scratch_file` and
+`scratch_folder`, and are removed when their block ends. Every temporary is removed however
+the process ends that Python sees: an exception, Ctrl-C, `sys.exit`, the end of the
+interpreter (atexit), and SIGTERM or SIGHUP once `install_sigterm_handler` has turned them into
+SystemExit. What a process that was killed outright (`kill -9`, power loss) leaves behind,
+`remove_stale_temporaries` finds by the process id in the name and removes.
 """
 
 from __future__ import annotations
 
+import atexit
+import errno
 import os
+import re
 import secrets
+import shutil
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +39,66 @@ from typing import IO, Any
 from stylize.errors import StylizeError
 
 _ATTEMPTS = 100
+# `.{name}.{pid}.{random}.tmp`: the scheme of every temporary stylize creates.
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<token>[0-9a-f]{8})\.tmp")
+# A temporary is stale when its process is gone and it has not changed for this long (the
+# second condition guards against a process of another machine or container sharing the folder,
+# whose id means nothing here).
+STALE_AFTER_S = 600.0
+# Where a process cannot be looked up (Windows), or the name holds no process id (files left by
+# earlier versions), only age tells.
+UNKNOWN_OWNER_STALE_AFTER_S = 24 * 3600.0
+_NO_SPACE_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
+)
+# How Rust libraries (safetensors) pass the system's error on: its text, `(os error 28)` or
+# `Os { code: 28, kind: StorageFull, ... }`.
+_NO_SPACE_TEXTS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "os error 28",
+    "code: 28,",
+    "storagefull",
+    "quotaexceeded",
+)
+
+# Temporaries of this process not yet renamed or removed: what atexit cleans up.
+_live: dict[Path, int] = {}
+_live_lock = threading.Lock()
+
+
+class NoSpaceError(StylizeError):
+    """A write failed because the file system holding `folder` is full (or the quota is used
+    up). The message is `{subject}: no space left on device in {folder}`."""
+
+    def __init__(self, folder: Path, subject: str, reason: str = "no space left on device"):
+        self.folder = Path(folder)
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"{subject}: {reason} in {self.folder}")
+
+    def about(self, subject: str) -> NoSpaceError:
+        """The same failure, told about `subject` (`cannot install candy`)."""
+        return NoSpaceError(self.folder, subject, self.reason)
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether `error` says the disk is full: an OSError with ENOSPC (or EDQUOT), or an error of
+    a library (safetensors' SafetensorError) that passes the system's message on as text."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in _NO_SPACE_ERRNOS
+    text = str(error).lower()
+    return any(marker in text for marker in _NO_SPACE_TEXTS)
+
+
+def no_space_error(error: BaseException, folder: Path, subject: str) -> NoSpaceError:
+    """The NoSpaceError for `error`, which `is_no_space` accepted, in `folder`."""
+    if isinstance(error, OSError) and error.errno is not None:
+        quota = error.errno == getattr(errno, "EDQUOT", None)
+    else:
+        quota = "quota" in str(error).lower()
+    reason = "disk quota exceeded" if quota else "no space left on device"
+    return NoSpaceError(folder, subject, reason)
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
@@ -34,8 +108,9 @@ def refuse_existing(path: Path, *, overwrite: bool) -> None:
 
 
 def temporary_path(path: Path) -> Path:
-    """A fresh temporary name next to `path` (the scheme every atomic write uses)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """A fresh temporary name next to `path` (the scheme every temporary uses)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextmanager
@@ -71,6 +146,91 @@ def atomic_path(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
+def scratch_file(path: Path | str) -> Iterator[Path]:
+    """Yields an empty temporary file named after `path` (`.{name}.{pid}.{random}.tmp`, in
+    `path`'s folder), which is removed when the block ends, however it ends."""
+    temporary = _create_temporary(Path(path))
+    try:
+        yield temporary
+    finally:
+        _remove(temporary)
+
+
+@contextmanager
+def scratch_folder(path: Path | str) -> Iterator[Path]:
+    """Yields an empty temporary folder named like `scratch_file`'s files, removed with all it
+    holds when the block ends."""
+    temporary = _create_temporary(Path(path), folder=True)
+    try:
+        yield temporary
+    finally:
+        _remove(temporary)
+
+
+def remove_stale_temporaries(
+    folder: Path | str, *, legacy: re.Pattern[str] | None = None, now: float | None = None
+) -> list[Path]:
+    """Removes the temporaries in `folder` that processes killed outright left behind, and
+    returns them: those named `.{name}.{pid}.{random}.tmp` whose process is gone and which have
+    not changed for `STALE_AFTER_S`. Names that `legacy` matches (earlier versions' schemes,
+    without a process id) go once unchanged for `UNKNOWN_OWNER_STALE_AFTER_S`. Best effort:
+    what cannot be read or removed is left."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMPORARY_NAME.fullmatch(entry.name)
+        if match is not None:
+            gone = _process_gone(int(match["pid"]))
+            if gone is False:
+                continue
+            wait = STALE_AFTER_S if gone else UNKNOWN_OWNER_STALE_AFTER_S
+        elif legacy is not None and legacy.fullmatch(entry.name):
+            wait = UNKNOWN_OWNER_STALE_AFTER_S
+        else:
+            continue
+        path = Path(entry.path)
+        if now - _last_change(path) < wait:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def install_sigterm_handler() -> None:
+    """Makes SIGTERM (and SIGHUP, a closed terminal) end the process like `sys.exit(128 + N)`,
+    so `finally` blocks and atexit run and no temporary is left. Only in the main thread, and
+    only where the signal still has its default action (a handler someone installed, or
+    `nohup`'s SIG_IGN, is kept). A second signal while the first is handled ends the process
+    at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            if signal.getsignal(number) is signal.SIG_DFL:
+                signal.signal(number, _exit_on_signal)
+        except (OSError, ValueError):
+            continue
+
+
+def _exit_on_signal(number: int, frame: object) -> None:
+    signal.signal(number, signal.SIG_DFL)
+    raise SystemExit(128 + number)
+
+
+@contextmanager
 def _replacing(path: Path, *, overwrite: bool) -> Iterator[Path]:
     refuse_existing(path, overwrite=overwrite)
     temporary = _create_temporary(path)
@@ -79,20 +239,85 @@ def _replacing(path: Path, *, overwrite: bool) -> Iterator[Path]:
         refuse_existing(path, overwrite=overwrite)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise
+    _forget(temporary)
     _sync_folder(path.parent)
 
 
-def _create_temporary(path: Path) -> Path:
+def _create_temporary(path: Path, *, folder: bool = False) -> Path:
     for _ in range(_ATTEMPTS):
         temporary = temporary_path(path)
         try:
-            with open(temporary, "xb"):
-                return temporary
+            if folder:
+                temporary.mkdir()
+            else:
+                with open(temporary, "xb"):
+                    pass
         except FileExistsError:
             continue
+        with _live_lock:
+            _live[temporary] = os.getpid()
+        return temporary
     raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def _remove(temporary: Path) -> None:
+    try:
+        if temporary.is_dir() and not temporary.is_symlink():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+    except OSError:
+        pass
+    _forget(temporary)
+
+
+def _forget(temporary: Path) -> None:
+    with _live_lock:
+        _live.pop(temporary, None)
+
+
+@atexit.register
+def _remove_live_temporaries() -> None:
+    """What a block could not clean up (a generator never closed, a daemon thread)."""
+    with _live_lock:
+        # A forked child inherits the table but not the files' ownership.
+        mine = [path for path, pid in _live.items() if pid == os.getpid()]
+    for path in mine:
+        _remove(path)
+
+
+def _process_gone(pid: int) -> bool | None:
+    """True when no process `pid` exists, False when one does, None when this system cannot
+    tell (Windows: there, signal 0 would not probe but interrupt)."""
+    if pid == os.getpid():
+        return False
+    if os.name != "posix" or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, as another user's
+        return False
+    return False
+
+
+def _last_change(path: Path) -> float:
+    """The latest modification time of `path` and, for a folder, of anything in it."""
+    try:
+        latest = path.lstat().st_mtime
+    except OSError:
+        return time.time()
+    if path.is_dir() and not path.is_symlink():
+        for root, folders, files in os.walk(path):
+            for name in (*folders, *files):
+                try:
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    continue
+    return latest
 
 
 def _sync_folder(folder: Path) -> None:

@@ -292,3 +292,111 @@ def test_importing_over_a_catalog_style_needs_overwrite_and_info_tells_them_apar
     assert "source: imported" in info.stdout.splitlines()
     assert "catalog: -" in info.stdout.splitlines()
     assert "candy-9.onnx" not in info.stdout
+
+
+def test_pull_tries_every_name_and_reports_each_failure(cli, tmp_path, local_catalog):
+    first, second = _style_file(tmp_path, "first.pth"), _style_file(tmp_path, "second.pth")
+    broken = local_catalog.serve("candy", first)
+    local_catalog.serve("mosaic", second)
+    local_catalog.server.fail("files/first.pth", 404)
+    result = cli("models", "pull", "candy", "mosaic")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [str(model_path("mosaic"))]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"error: could not download {broken.url}: HTTP 404")
+    assert errors[1] == "error: 1 of 2 models could not be installed: candy"
+    assert "Installed mosaic" in result.stderr
+    assert model_path("mosaic").exists() and not model_path("candy").exists()
+
+
+def test_a_pull_waiting_for_another_process_says_so(cli, tmp_path, local_catalog):
+    import threading
+    import time
+
+    import torch
+    from filelock import FileLock
+
+    from stylize.store.paths import cache_dir
+
+    local_catalog.serve("candy", _style_file(tmp_path, "candy.pth"))
+    (cache_dir() / "locks").mkdir(parents=True)
+    held = threading.Event()
+
+    def other_process() -> None:
+        with FileLock(cache_dir() / "locks" / "candy.lock"):
+            held.set()
+            time.sleep(0.5)
+            install_model(
+                "candy", {"weight": torch.zeros(2)}, {"kind": "style", "source": "catalog"}
+            )
+
+    worker = threading.Thread(target=other_process)
+    worker.start()
+    held.wait(10)
+    result = cli("models", "pull", "candy")
+    worker.join(10)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(model_path("candy"))
+    assert result.stderr.splitlines() == [
+        "another stylize process is installing candy; waiting for it to finish",
+        "candy is already installed (by another process meanwhile)",
+    ]
+    assert local_catalog.server.requests["files/candy.pth"] == 0
+
+
+def test_pull_says_checking_for_a_local_copy_and_warns_when_it_is_rejected(
+    cli, random_vgg_pth, local_catalog, stylize_home
+):
+    local_catalog.serve("vgg19", random_vgg_pth, kind="loss-network")
+    hub_file = stylize_home / "torch-home" / "hub" / "checkpoints" / random_vgg_pth.name
+    hub_file.parent.mkdir(parents=True)
+    data = bytearray(random_vgg_pth.read_bytes())
+    data[-100] ^= 0xFF
+    hub_file.write_bytes(bytes(data))
+    result = cli("models", "pull", "vgg19")
+    assert result.exit_code == 0, result.stderr
+    assert "checking vgg19" in result.stderr
+    assert "downloading vgg19" in result.stderr
+    assert f"warning: ignoring {hub_file}: its sha256" in " ".join(result.stderr.split())
+    assert local_catalog.server.requests[f"files/{random_vgg_pth.name}"] == 1
+
+    model_path("vgg19").unlink()
+    hub_file.write_bytes(random_vgg_pth.read_bytes())
+    result = cli("models", "pull", "vgg19")
+    assert result.exit_code == 0, result.stderr
+    assert "checking vgg19" in result.stderr
+    assert "downloading" not in result.stderr and "warning" not in result.stderr
+    assert local_catalog.server.requests[f"files/{random_vgg_pth.name}"] == 1
+
+
+def test_a_full_disk_is_one_clear_line(cli, random_vgg_pth, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('IoError(Os { code: 28, message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save", full)
+    result = cli("models", "import", random_vgg_pth, "--trust")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: cannot install vgg19: no space left on device in {model_path('vgg19').parent}"
+    )
+
+
+def test_info_shows_the_size_of_an_embedded_picture_not_its_text(cli):
+    import base64
+
+    import torch
+
+    picture = bytes(range(256)) * 9  # 2.3 kB, like a trained model's style thumbnail
+    thumbnail = "data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii")
+    meta = {"kind": "style", "source": "trained", "thumbnail": thumbnail}
+    install_model("painted", {"weight": torch.zeros(2)}, meta)
+    result = cli("models", "info", "painted")
+    assert result.exit_code == 0, result.stderr
+    assert "  thumbnail: (JPEG image, 2.3 kB; in --json)" in result.stdout.splitlines()
+    assert "base64" not in result.stdout
+    as_json = json.loads(cli("models", "info", "painted", "--json").stdout)
+    assert as_json["metadata"]["thumbnail"] == thumbnail

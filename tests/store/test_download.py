@@ -1,4 +1,6 @@
 import hashlib
+import os
+import re
 import socket
 import time
 
@@ -41,7 +43,8 @@ def test_download_streams_verifies_and_cleans_up(http_server):
     calls = []
     with fetched(entry, lambda done, total: calls.append((done, total))) as (path, sha256):
         assert path.read_bytes() == PAYLOAD
-        assert path.name.endswith("-model.onnx")
+        # The scheme of every temporary: the published name, this process, a random part.
+        assert re.fullmatch(rf"\.model\.onnx\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", path.name)
         assert sha256 == hashlib.sha256(PAYLOAD).hexdigest()
     assert not path.exists()
     assert _leftovers() == []
@@ -180,10 +183,18 @@ def test_damaged_torch_hub_copy_is_ignored(http_server, stylize_home):
     hub_file = stylize_home / "torch-home" / "hub" / "checkpoints" / "model.onnx"
     hub_file.parent.mkdir(parents=True)
     hub_file.write_bytes(PAYLOAD[:1000])
-    with fetched(_entry(url)) as (path, _):
+    warnings = []
+    with fetched(_entry(url), on_warning=warnings.append) as (path, _):
         assert path != hub_file
         assert path.read_bytes() == PAYLOAD
     assert http_server.requests["model.onnx"] == 1
+    assert warnings == [
+        f"ignoring {hub_file}: it has 1000 bytes, not the {len(PAYLOAD)} of model.onnx "
+        "(an incomplete copy?); downloading instead"
+    ]
+    assert hub_file.read_bytes() == PAYLOAD[:1000]
+    with pytest.warns(RuntimeWarning, match="ignoring"), fetched(_entry(url)):
+        pass  # without a callback, a Python warning
 
 
 def test_invalid_timeout_setting_is_a_clear_error(http_server, monkeypatch):

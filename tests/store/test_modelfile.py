@@ -1,5 +1,7 @@
+import errno
 import json
 import struct
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -52,23 +54,78 @@ def test_existing_file_is_kept_unless_overwrite(tmp_path):
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    import safetensors.torch
+    from stylize.store import modelfile
 
     path = tmp_path / "model.safetensors"
     write_model_file(path, _tensors(), {"kind": "style", "version": "first"})
     with pytest.raises(StylizeError, match="unknown model kind"):
         write_model_file(path, _tensors(), {"kind": "painting"}, overwrite=True)
 
-    def disk_full(tensors, filename, metadata=None):
-        with open(filename, "wb") as file:
-            file.write(b"partial")
-        raise OSError(28, "No space left on device")
+    real_atomic_write = modelfile.atomic_write
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
-    with pytest.raises(StylizeError, match=r"cannot write .*No space left"):
+    @contextmanager
+    def disk_full(target, *args, **kwargs):
+        with real_atomic_write(target, *args, **kwargs) as file:
+            file.write(b"partial")
+            raise OSError(errno.EIO, "Input/output error")
+            yield file
+
+    monkeypatch.setattr(modelfile, "atomic_write", disk_full)
+    with pytest.raises(StylizeError, match=r"cannot write .*: Input/output error$"):
         write_model_file(path, _tensors(), {"kind": "style", "version": "second"}, overwrite=True)
     assert read_model_meta(path)["version"] == "first"
     assert [file.name for file in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("where", ["write", "serialize"])
+def test_a_full_disk_is_one_clear_line(tmp_path, monkeypatch, where):
+    """Whether the file system (OSError ENOSPC) or safetensors (SafetensorError with the
+    system's text) reports it."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from stylize.atomic import NoSpaceError
+    from stylize.store import modelfile
+
+    if where == "write":
+        real_atomic_write = modelfile.atomic_write
+
+        @contextmanager
+        def disk_full(target, *args, **kwargs):
+            with real_atomic_write(target, *args, **kwargs) as file:
+                file.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+                yield file
+
+        monkeypatch.setattr(modelfile, "atomic_write", disk_full)
+    else:
+
+        def disk_full(*args, **kwargs):
+            message = (
+                'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            )
+            raise SafetensorError(f"Error while serializing: {message}")
+
+        monkeypatch.setattr(safetensors.torch, "save", disk_full)
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(NoSpaceError) as caught:
+        write_model_file(path, _tensors(), {"kind": "style"})
+    assert str(caught.value) == f"cannot write {path}: no space left on device in {tmp_path}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_model_writer_leaves_only_stylize_temporaries(tmp_path, monkeypatch):
+    """safetensors' save_file writes through a `.tmpXXXXXX` of its own, which a killed process
+    would leave behind; the model file is written through stylize.atomic instead."""
+    import safetensors.torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("save_file writes a temporary of its own")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    path = write_model_file(tmp_path / "model.safetensors", _tensors(), {"kind": "style"})
+    tensors, _ = read_model_file(path)
+    assert set(tensors) == set(_tensors())
 
 
 def _safetensors_bytes(header: dict) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +21,7 @@ NameArgument = Annotated[
     str, typer.Argument(metavar="NAME", callback=valid_model_name, help="The model's name.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+_DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=\s]*)")
 
 
 @app.command("list")
@@ -82,7 +85,8 @@ def pull(
     quiet: QuietOption = False,
 ) -> None:
     """Download and install catalog entries (see 'stylize models list')."""
-    from stylize.store import catalog, registry
+    from stylize.errors import StylizeError
+    from stylize.store import catalog
 
     entries = catalog.load_catalog()
     unknown = [name for name in names if name not in entries]
@@ -91,15 +95,76 @@ def pull(
             f"not in the catalog: {', '.join(unknown)} (available: {', '.join(entries)})",
             param_hint="NAME",
         )
+    names = list(dict.fromkeys(names))
+    failed = []
     for name in names:
-        path = registry.model_path(name)
-        if path.exists():
-            _console.info(f"{name} is already installed", quiet)
-        else:
-            with _console.download_progress(f"downloading {name}", quiet) as update:
-                path = registry.pull(name, update)
-            _console.info(f"Installed {name}", quiet)
+        try:
+            path = _pull_one(name, quiet)
+        except StylizeError as error:
+            # One entry's failure does not stop the others; the exit code tells at the end.
+            if len(names) == 1:
+                raise
+            _console.error(str(error))
+            failed.append(name)
+            continue
         _console.result(str(path))
+    if failed:
+        raise StylizeError(
+            f"{len(failed)} of {len(names)} models could not be installed: {', '.join(failed)}"
+        )
+
+
+def _pull_one(name: str, quiet: bool) -> Path:
+    from stylize.store import registry
+
+    path = registry.model_path(name)
+    if path.exists():
+        _console.info(f"{name} is already installed", quiet)
+        return path
+    with _PhasedProgress(name, quiet) as update:
+        pulled = registry.pull_model(
+            name,
+            update,
+            on_warning=_console.warn,
+            on_info=lambda message: _console.info(message, quiet),
+        )
+    if pulled.installed:
+        _console.info(f"Installed {name}", quiet)
+    else:
+        _console.info(f"{name} is already installed (by another process meanwhile)", quiet)
+    return pulled.path
+
+
+class _PhasedProgress:
+    """A pull's byte progress bar, labelled with what is being done: "downloading NAME", or
+    "checking NAME" while the checksum of a copy already on disk is computed (the store reports
+    `phase="checking"`); each phase gets a bar of its own."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
+        self.phase: str | None = None
+        self.context: AbstractContextManager[Any] | None = None
+        self.update: Any = None
+
+    def __enter__(self) -> _PhasedProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def __call__(self, completed: float, total: float | None = None, **values: object) -> None:
+        phase = str(values.get("phase", "downloading"))
+        if phase != self.phase:
+            self._close()
+            self.context = _console.download_progress(f"{phase} {self.name}", self.quiet)
+            self.update = self.context.__enter__()
+            self.phase = phase
+        self.update(completed, total)
+
+    def _close(self) -> None:
+        context, self.context = self.context, None
+        if context is not None:
+            context.__exit__(None, None, None)
 
 
 @app.command("import")
@@ -186,9 +251,26 @@ def _plain(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, str | int | float):
+    if isinstance(value, str):
+        return _data_uri_summary(value) or value
+    if isinstance(value, int | float):
         return str(value)
     return json.dumps(value)
+
+
+def _data_uri_summary(value: str) -> str | None:
+    """`(JPEG image, 1.8 kB; in --json)` for an embedded picture (a trained model's style
+    thumbnail, `data:image/jpeg;base64,...`), which would fill the screen; None for other text."""
+    match = _DATA_URI.fullmatch(value)
+    if match is None:
+        return None
+    from rich.filesize import decimal
+
+    payload = match["data"].strip()
+    size = len(payload) * 3 // 4 - payload.count("=", len(payload) - 2)
+    kind = match["mime"].rpartition("/")[2].upper() or "data"
+    noun = "image" if match["mime"].startswith("image/") else "data"
+    return f"({kind} {noun}, {decimal(size)}; in --json)"
 
 
 def _is_named_style(row: Any) -> bool:

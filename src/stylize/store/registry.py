@@ -6,6 +6,7 @@ models stays fast.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stylize.atomic import NoSpaceError, is_no_space, no_space_error, remove_stale_temporaries
 from stylize.errors import StylizeError
 from stylize.store import archives, catalog
 from stylize.store.convert import convert_style_file
-from stylize.store.download import fetched, file_sha256
+from stylize.store.download import MIRROR_VARIABLE, DownloadError, fetched, file_sha256
 from stylize.store.formats.pytorch import try_read_state_dict
 from stylize.store.modelfile import (
     read_header,
@@ -25,7 +27,7 @@ from stylize.store.modelfile import (
     read_tensors,
     write_model_file,
 )
-from stylize.store.paths import cache_dir, models_dir
+from stylize.store.paths import cache_dir, downloads_dir, models_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -37,6 +39,12 @@ _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _VGG19_LAST_LAYER = 28
 
 ProgressCallback = Callable[..., None]
+MessageCallback = Callable[[str], None]
+# Temporaries of earlier versions, whose names hold no process id: safetensors' own
+# (`.tmpXXXXXX`) and stylize's (`.NAME.XXXXXXXX.tmp`) in the models folder; in the download
+# folder, where everything is a temporary, any hidden file or folder.
+_LEGACY_MODEL_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}|\..+\.[0-9a-f]{8}\.tmp")
+_LEGACY_DOWNLOAD_TEMPORARY = re.compile(r"\..+")
 # The catalog's multi-style network (multistyle26) holds this many styles.
 _CATALOG_STYLES = 26
 
@@ -64,9 +72,10 @@ def install_model(
     if meta.get("source") not in SOURCES:
         raise StylizeError(f"cannot install {name!r}: unknown source {meta.get('source')!r}")
     check_install_name(name, meta["kind"], source=meta["source"], overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     full_meta = {"license": "", "description": "", **meta, "name": name}
-    return write_model_file(path, tensors, full_meta, overwrite=overwrite)
+    with _installing(name, path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_model_file(path, tensors, full_meta, overwrite=overwrite)
 
 
 def check_install_name(name: str, kind: str, *, source: str, overwrite: bool) -> None:
@@ -112,6 +121,12 @@ def import_model(
         _refuse_existing(validate_name(name), overwrite)
     if not path.is_file():
         raise StylizeError(f"{path} does not exist or is not a file")
+    tidy_store()
+    with _installing(name or path.name, downloads_dir()):
+        return _import_file(path, name, trust=trust, overwrite=overwrite)
+
+
+def _import_file(path: Path, name: str | None, *, trust: bool, overwrite: bool) -> str:
     sha256 = file_sha256(path)
     entry = archives.catalog_entry_of(sha256)
     if entry is not None:
@@ -140,42 +155,89 @@ def remove_model(name: str) -> None:
     path.unlink()
 
 
-def pull(name: str, on_progress: ProgressCallback | None = None) -> Path:
-    """Downloads, verifies, converts and installs the catalog entry `name`; returns its file.
+@dataclass(frozen=True)
+class Pulled:
+    """What `pull_model` did: the model's file, and whether this call installed it (False when
+    it was installed already, or by another process while this one waited for it)."""
 
-    An installed model is left as it is. `on_progress(completed_bytes, total_bytes)` follows the
-    download (or the checksum of a file found in torch hub's cache).
+    path: Path
+    installed: bool
+
+
+def pull(
+    name: str,
+    on_progress: ProgressCallback | None = None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
+) -> Path:
+    """Downloads, verifies, converts and installs the catalog entry `name`; returns its file.
+    See `pull_model`."""
+    return pull_model(name, on_progress, on_warning=on_warning, on_info=on_info).path
+
+
+def pull_model(
+    name: str,
+    on_progress: ProgressCallback | None = None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
+) -> Pulled:
+    """Downloads, verifies, converts and installs the catalog entry `name`.
+
+    An installed model is left as it is. `on_progress(completed_bytes, total_bytes, **values)`
+    follows the download; while the checksum of a file found in torch hub's cache is computed,
+    `values` holds `phase="checking"`. `on_warning(message)` hears of a copy there that was
+    rejected (default: `warnings.warn`), `on_info(message)` that another process is installing
+    the same entry and this one waits for it. A failed download says how to install the entry
+    without one.
     """
     entries = catalog.load_catalog()
     entry = entries.get(name)
     if entry is None:
         raise StylizeError(f"{name!r} is not in the catalog (available: {', '.join(entries)})")
     path = model_path(name)
-    with _locked(name):
+    tidy_store()
+    with _installing(name, downloads_dir()), _locked(name, on_info):
         if path.exists():
-            return path
-        with fetched(entry, on_progress) as (file, sha256):
-            if entry.kind == "loss-network":
-                tensors = vgg19_features(_read_state_dict(file) or {}, file)
-                meta: dict[str, Any] = {"kind": "loss-network", "trusted": True}
-            else:
-                tensors, meta = archives.convert_catalog_file(entry, file)
-            meta = {**meta, **_catalog_meta(entry), "original_sha256": sha256}
-            return install_model(name, tensors, meta)
+            return Pulled(path, installed=False)
+        try:
+            with fetched(entry, on_progress, on_warning) as (file, sha256):
+                if entry.kind == "loss-network":
+                    tensors = vgg19_features(_read_state_dict(file) or {}, file)
+                    meta: dict[str, Any] = {"kind": "loss-network", "trusted": True}
+                else:
+                    tensors, meta = archives.convert_catalog_file(entry, file)
+                meta = {**meta, **_catalog_meta(entry), "original_sha256": sha256}
+                return Pulled(install_model(name, tensors, meta), installed=True)
+        except DownloadError as error:
+            raise DownloadError(f"{error}; {_without_download(entry)}") from None
 
 
-def load_vgg19_weights(on_progress: ProgressCallback | None = None) -> dict[str, Tensor]:
-    """The validated VGG19 convolution weights up to conv5_1, pulling `vgg19` when missing."""
+def _without_download(entry: catalog.CatalogEntry) -> str:
+    """How to install `entry` when it cannot be downloaded here."""
+    hint = (
+        f"to install {entry.name} without downloading, get {entry.file_name} on a machine with "
+        f"internet access and run 'stylize models import {entry.file_name}'"
+    )
+    mirror = os.environ.get(MIRROR_VARIABLE, "").strip()
+    if mirror:
+        return f"{hint}, or put it where {MIRROR_VARIABLE} ({mirror}) points"
+    return f"{hint}, or set {MIRROR_VARIABLE} to a folder or URL that holds it"
+
+
+def load_vgg19_weights(
+    on_progress: ProgressCallback | None = None, *, on_warning: MessageCallback | None = None
+) -> dict[str, Tensor]:
+    """The validated VGG19 convolution weights up to conv5_1, pulling `vgg19` when missing
+    (`on_progress` and `on_warning` as for `pull_model`)."""
     path = model_path(VGG19)
     if not path.exists():
         try:
-            pull(VGG19, on_progress)
-        except StylizeError as error:
-            raise StylizeError(
-                f"the VGG19 loss network is not installed and could not be downloaded ({error}); "
-                "download vgg19-dcbb9e9d.pth on a machine with internet access and run "
-                "'stylize models import vgg19-dcbb9e9d.pth', or set STYLIZE_MODEL_MIRROR"
-            ) from None
+            pull(VGG19, on_progress, on_warning=on_warning)
+        except DownloadError as error:
+            # The error ends with how to install it without a download.
+            raise StylizeError(f"the VGG19 loss network is not installed: {error}") from None
     tensors, meta = read_model_file(path)
     if meta["kind"] != "loss-network":
         raise StylizeError(f"{path} is not a loss network; remove it with 'stylize models remove'")
@@ -222,6 +284,7 @@ class ModelListing:
 def list_models() -> list[ModelListing]:
     """Catalog entries (in catalog order) merged with installed models (by name), then the
     named styles of multi-style networks."""
+    tidy_store()
     entries = catalog.load_catalog()
     installed = _installed_files()
     rows = _model_rows(entries, installed)
@@ -393,14 +456,50 @@ def _installed_files() -> dict[str, Path]:
 
 
 @contextmanager
-def _locked(name: str) -> Iterator[None]:
-    """Serializes pulls of one entry across processes, so a second one finds it installed."""
-    from filelock import FileLock
+def _locked(name: str, on_info: MessageCallback | None = None) -> Iterator[None]:
+    """Serializes pulls of one entry across processes, so a second one finds it installed;
+    one that has to wait says so through `on_info` first."""
+    from filelock import FileLock, Timeout
 
     folder = cache_dir() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / f"{name}.lock"):
+    lock = FileLock(folder / f"{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_info is not None:
+            on_info(f"another stylize process is installing {name}; waiting for it to finish")
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _installing(name: str, folder: Path) -> Iterator[None]:
+    """File system failures while installing `name` as one line each: a full disk as `cannot
+    install NAME: no space left on device in FOLDER` (`folder` when the error names none)."""
+    try:
+        yield
+    except NoSpaceError as error:
+        if error.subject.startswith("cannot install "):
+            raise
+        raise error.about(f"cannot install {name}") from None
+    except OSError as error:
+        where = Path(error.filename).parent if error.filename else folder
+        if is_no_space(error):
+            raise no_space_error(error, where, f"cannot install {name}") from None
+        detail = f" ({error.filename})" if error.filename else ""
+        raise StylizeError(f"cannot install {name}: {error.strerror or error}{detail}") from None
+
+
+def tidy_store() -> list[Path]:
+    """Removes what processes killed outright (kill -9, power loss) left in the store: their
+    temporary files in the models and download folders (see `stylize.atomic`); returns them.
+    Pulls, imports and listings call it first."""
+    removed = remove_stale_temporaries(models_dir(), legacy=_LEGACY_MODEL_TEMPORARY)
+    return removed + remove_stale_temporaries(downloads_dir(), legacy=_LEGACY_DOWNLOAD_TEMPORARY)
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Any] | None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from stylize.errors import StylizeError
 from stylize.store import catalog
 from stylize.store.convert import ARBITRARY, JOHNSON, MULTISTYLE, convert_style_file, family_of
+from stylize.store.download import DownloadError
 from stylize.store.modelfile import read_model_file
 
 if TYPE_CHECKING:
@@ -71,6 +72,22 @@ def parse_style(text: str) -> StyleRef:
         pass
     path = Path(text)
     if not path.is_file():
+        # Names are lowercase: `Candy` is not a file, but it is most likely `candy`.
+        lowered = text.lower()
+        network = lowered.split(":", 1)[0] if _INDEXED.fullmatch(lowered) else lowered
+        if lowered != text and not path.exists():
+            from stylize.store.registry import model_path
+
+            try:
+                known = (
+                    network in catalog.load_catalog()
+                    or (network == lowered and lowered in catalog.named_styles())
+                    or model_path(network).is_file()
+                )
+            except StylizeError:  # not a model name at all
+                known = False
+            if known:
+                raise StylizeError(f"no style named '{text}'; did you mean '{lowered}'?")
         raise StylizeError(
             f"style file not found: {path} (a style is a name from 'stylize models list', "
             "NETWORK:N, an image file or a model file)"
@@ -223,7 +240,11 @@ def _installed(
             )
         if entry.kind != "style":
             raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
-        path = pull(name, on_progress)
+        try:
+            path = pull(name, on_progress)
+        except DownloadError as error:
+            # The error ends with how to install it without a download.
+            raise StylizeError(f"the style network {name!r} is not installed: {error}") from None
     tensors, meta = read_model_file(path)
     if meta["kind"] != "style":
         raise StylizeError(f"{name!r} is a {meta['kind']}, not a style model")
