@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import inspect
 import os
 import shutil
@@ -132,11 +133,19 @@ def test_unreadable_photos_are_skipped_and_counted(
         ("style named after a catalog style", "'candy' is a catalog style"),
         ("style model named vgg19", "'vgg19' is the catalog's loss-network"),
         ("missing preview", "image not found"),
+        ("one-pixel preview", "is 1x1 pixels, too small for the style network"),
         ("resume without checkpoint", "no checkpoint to resume"),
     ],
 )
 def test_bad_input_fails_before_training(
-    cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, problem: str, message: str
+    cli,
+    vgg_home: Path,
+    photos: Path,
+    art: Path,
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    problem: str,
+    message: str,
 ) -> None:
     workdir = tmp_path / "work"
     vgg19_before = (vgg_home / "models" / "vgg19.safetensors").read_bytes()
@@ -171,6 +180,8 @@ def test_bad_input_fails_before_training(
         extra = ["--name", "vgg19", "--overwrite"]
     elif problem == "missing preview":
         extra = ["--preview", tmp_path / "nowhere.jpg"]
+    elif problem == "one-pixel preview":
+        extra = ["--preview", make_image("dot.png", size=(1, 1))]
     elif problem == "resume without checkpoint":
         extra = ["--resume"]
     arguments = [item for pair in options.items() for item in pair]
@@ -285,3 +296,141 @@ def test_torchrun_trains_with_two_processes(
     assert [row["images"] for row in log_rows(workdir)] == ["4", "8"]  # 2 processes x 2 images
     checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 2 and checkpoint["position"] == 8
+
+
+# -- failures: the work folder or the store full, a run that stops ----------------------------
+
+TORCH_DISK_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def test_a_full_work_folder_does_not_keep_the_model_from_the_store(
+    cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from stylize.store.modelfile import read_model_meta
+
+    def full_disk(state: object, path: Path) -> None:
+        Path(path).write_bytes(b"the start of a checkpoint")
+        raise RuntimeError(TORCH_DISK_FULL)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    workdir = tmp_path / "work"
+    result = cli(
+        "train", "-s", art, "--data", photos, "--steps", "2", "--checkpoint-every", "1",
+        "--workdir", workdir, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    installed = vgg_home / "models" / "starry-night.safetensors"
+    assert result.stdout.strip() == str(installed)
+    assert read_model_meta(installed)["training"]["steps"] == 2
+    stderr = " ".join(result.stderr.split())
+    assert (
+        "warning: could not write the checkpoint of step 1 (no space left on device); training "
+        f"goes on; there is no checkpoint in {workdir} yet"
+    ) in stderr
+    assert (
+        f"warning: the final checkpoint could not be written in {workdir} (no space left on "
+        "device); the model was installed anyway"
+    ) in stderr
+    assert "unexpected" not in stderr
+    # Nothing half-written stays behind.
+    assert sorted(path.name for path in workdir.iterdir()) == ["losses.csv"]
+
+
+def test_a_failed_step_says_how_to_resume_and_resuming_finishes_the_run(
+    cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylize.engine.training import loop
+    from stylize.store.modelfile import read_model_meta
+
+    real_step = loop._Trainer._step
+
+    def step(self: loop._Trainer, *args: object) -> tuple[dict[str, float], bool]:
+        if self.step == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real_step(self, *args)  # type: ignore[arg-type]
+
+    workdir = tmp_path / "work"
+    command = ("train", "-s", art, "--data", photos, "--steps", "4", "--workdir", workdir, *FAST)
+    with monkeypatch.context() as patches:
+        patches.setattr(loop._Trainer, "_step", step)
+        stopped = cli(*command, "--checkpoint-every", "2")
+    assert stopped.exit_code == 1
+    assert " ".join(stopped.stderr.split()).endswith(
+        "error: training stopped at step 3: RuntimeError: CUDA error: an illegal memory access "
+        f"was encountered; the last checkpoint (step 2) is in {workdir}: run the same command "
+        "with --resume to continue from it"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stdout == ""
+    assert not (vgg_home / "models" / "starry-night.safetensors").exists()
+
+    resumed = cli(*command, "--checkpoint-every", "2", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    meta = read_model_meta(vgg_home / "models" / "starry-night.safetensors")
+    assert meta["training"]["steps"] == 4
+    assert [row["step"] for row in log_rows(workdir)] == ["1", "2", "3", "4"]
+
+
+def test_a_full_store_says_where_the_trained_model_is(
+    cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylize.store import registry
+
+    def full_store(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    workdir = tmp_path / "work"
+    command = ("train", "-s", art, "--data", photos, "--steps", "1", "--workdir", workdir, *FAST)
+    with monkeypatch.context() as patches:
+        patches.setattr(registry, "write_model_file", full_store)
+        failed = cli(*command)
+    assert failed.exit_code == 1
+    models = vgg_home / "models"
+    assert " ".join(failed.stderr.split()).endswith(
+        f"error: cannot install starry-night: no space left on device in {models}; the trained "
+        f"model is in the checkpoint of step 1 in {workdir}: run the same command with --resume "
+        "to install it"
+    )
+    assert sorted(path.name for path in models.iterdir()) == ["vgg19.safetensors"]
+
+    reinstalled = cli(*command, "--resume")
+    assert reinstalled.exit_code == 0, reinstalled.stderr
+    assert reinstalled.stdout.strip() == str(models / "starry-night.safetensors")
+
+
+def test_ctrl_c_when_the_checkpoint_cannot_be_written_names_the_last_one(
+    cli, vgg_home: Path, photos: Path, art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from stylize.engine.training import loop
+
+    real_save, real_step = torch.save, loop._Trainer._step
+
+    def save(state: dict[str, object], path: Path) -> None:
+        if state["step"] != 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(state, path)
+
+    def step(self: loop._Trainer, *args: object) -> tuple[dict[str, float], bool]:
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 2
+        return real_step(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(loop._Trainer, "_step", step)
+    workdir = tmp_path / "work"
+    result = cli(
+        "train", "-s", art, "--data", photos, "--steps", "50", "--checkpoint-every", "1",
+        "--workdir", workdir, "-q", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 130, result.stderr
+    assert " ".join(result.stderr.split()).endswith(
+        "warning: interrupted at step 2, but its checkpoint could not be written (no space left "
+        f"on device); the last checkpoint (step 1) is in {workdir}: run the same command with "
+        "--resume to continue from it"
+    )
+    assert result.stdout == ""
+    assert torch.load(workdir / "checkpoint.pt", weights_only=True)["step"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import hashlib
 import io
 import os
@@ -314,3 +315,239 @@ def test_first_ctrl_c_finishes_the_step_and_saves_a_checkpoint(
     assert checkpoint["step"] == 3
     resumed = plan_for(style, photos, tmp_path / "work", steps=50, resume=True)
     assert resumed.start_step == 3
+
+
+# -- failures: a full disk, a preview too small, a run that stops -----------------------------
+
+
+def _no_space() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_checkpoints_and_previews_that_cannot_be_written_are_warnings(
+    style: Path,
+    photos: Path,
+    tmp_path: Path,
+    vgg_weights: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stylize.engine.training import loop
+
+    workdir = tmp_path / "work"
+    saves: list[int] = []
+
+    def save(state: dict[str, object], path: Path) -> None:
+        saves.append(int(state["step"]))  # type: ignore[call-overload]
+        if state["step"] == 1:
+            return real_save(state, path)
+        Path(path).write_bytes(b"half a checkpoint")
+        if state["step"] == 2:
+            raise _no_space()
+        # What torch.save's stream writer says when the disk fills up under it.
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    def save_image(image: Image.Image, path: Path, **options: object) -> Path:
+        if "000002" in path.name:
+            try:
+                raise _no_space()
+            except OSError:
+                raise StylizeError(f"cannot write {path}: no room") from None
+        return real_save_image(image, path, **options)
+
+    real_save, real_save_image = torch.save, loop.save_image
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(loop, "save_image", save_image)
+    warnings: list[str] = []
+    plan = plan_for(style, photos, workdir, steps=3, previews=[style])
+    result = run_training(
+        plan, vgg_weights, checkpoint_every=1, preview_every=2, on_warning=warnings.append
+    )
+
+    assert saves == [1, 2, 3]
+    assert result.step == 3 and not result.interrupted and result.tensors
+    assert warnings == [
+        f"could not write preview {workdir / 'previews' / 'style-000002.jpg'} at step 2 "
+        "(no space left on device); training goes on",
+        "could not write the checkpoint of step 2 (no space left on device); training goes on; "
+        f"the last checkpoint (step 1) stays in {workdir}",
+    ]
+    # The final checkpoint's failure is the caller's to report (the model gets installed).
+    assert result.checkpoint_step == 1
+    assert result.checkpoint_problem == "no space left on device"
+    assert torch.load(workdir / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert sorted(path.name for path in workdir.iterdir()) == [
+        "checkpoint.pt",
+        "losses.csv",
+        "previews",
+    ]
+    assert [path.name for path in (workdir / "previews").iterdir()] == ["style-000003.jpg"]
+
+
+def test_previews_too_small_for_the_network_are_refused_before_training(
+    style: Path, photos: Path, make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    from stylize.engine.transformer import TransformerNet
+
+    # 9x9 convolutions pad by 4 at full resolution, 3x3 ones by 1 at a quarter of it.
+    assert training.min_network_input(TINY) == training.min_network_input(TransformerConfig()) == 5
+    net = TransformerNet(TINY).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 5, 40)).shape == (1, 3, 8, 40)
+        with pytest.raises(RuntimeError, match="Padding size should be less than"):
+            net(torch.rand(1, 3, 4, 40))
+
+    workdir = tmp_path / "work"
+    dot = make_image("dot.png", size=(1, 1))
+    with pytest.raises(
+        StylizeError,
+        match=r"preview image .*dot.png is 1x1 pixels, too small for the style network: it "
+        r"needs at least 5 pixels a side",
+    ):
+        plan_for(style, photos, workdir, steps=1, previews=[style, dot])
+    strip = make_image("strip.png", size=(2048, 16))
+    with pytest.raises(StylizeError, match=r"is 512x4 pixels once scaled to 512 pixels on its"):
+        plan_for(style, photos, workdir, steps=1, previews=[strip])
+    assert not workdir.exists()
+
+
+def test_an_unwritable_previews_folder_is_refused_before_training(
+    style: Path, photos: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "previews").write_text("a file where the previews go")
+    with pytest.raises(StylizeError, match=r"cannot use previews folder .*previews: "):
+        plan_for(style, photos, workdir, steps=1, previews=[style])
+    plan_for(style, photos, workdir, steps=1)  # without previews, the folder does not matter
+    assert sorted(path.name for path in workdir.iterdir()) == ["previews"]  # no probe left
+
+
+def _fail_at_step_three(failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylize.engine.training import loop
+    from stylize.engine.training.checkpoints import LossLog
+
+    real_step, real_write = loop._Trainer._step, LossLog.write
+
+    def step(self: object, *args: object) -> tuple[dict[str, float], bool]:
+        losses, stop = real_step(self, *args)  # type: ignore[arg-type]
+        if self.step == 2:  # type: ignore[attr-defined]
+            if failure == "out of memory":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if failure == "nan":
+                losses = dict.fromkeys(losses, float("nan"))
+        return losses, stop
+
+    def write(self: LossLog, **row: float) -> None:
+        if row["step"] == 3 and failure == "disk full":
+
+            def no_space(row: object) -> None:
+                raise _no_space()
+
+            self._writer = type("FullDisk", (), {"writerow": staticmethod(no_space)})()
+        real_write(self, **row)
+
+    monkeypatch.setattr(loop._Trainer, "_step", step)
+    monkeypatch.setattr(LossLog, "write", write)
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        ("out of memory", "out of memory on cpu"),
+        ("disk full", "cannot write {workdir}/losses.csv: no space left on device"),
+        (
+            "nan",
+            "the loss became nan (a smaller --lr, starting over, or --precision fp32 may avoid it)",
+        ),
+    ],
+)
+def test_a_failure_stops_the_run_where_it_can_resume(
+    style: Path,
+    photos: Path,
+    tmp_path: Path,
+    vgg_weights: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    reason: str,
+) -> None:
+    workdir = tmp_path / "work"
+    with monkeypatch.context() as patches:
+        _fail_at_step_three(failure, patches)
+        with pytest.raises(training.TrainingStopped) as stopped:
+            run_training(plan_for(style, photos, workdir, steps=4), vgg_weights, checkpoint_every=2)
+    assert str(stopped.value) == (
+        f"training stopped at step 3: {reason.format(workdir=workdir)}; the last checkpoint "
+        f"(step 2) is in {workdir}: run the same command with --resume to continue from it"
+    )
+    assert (stopped.value.step, stopped.value.checkpoint_step) == (3, 2)
+    assert torch.load(workdir / "checkpoint.pt", weights_only=True)["step"] == 2
+    if failure != "out of memory":
+        return
+    assert [row["step"] for row in read_log(workdir)] == ["1", "2"]
+    resumed = run_training(plan_for(style, photos, workdir, steps=4, resume=True), vgg_weights)
+    assert resumed.step == 4 and resumed.checkpoint_step == 4
+    assert [row["step"] for row in read_log(workdir)] == ["1", "2", "3", "4"]
+
+
+def test_a_failure_before_the_first_checkpoint_says_to_start_over(
+    style: Path,
+    photos: Path,
+    tmp_path: Path,
+    vgg_weights: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stylize.engine.training import loop
+
+    def step(self: object, *args: object) -> tuple[dict[str, float], bool]:
+        raise RuntimeError("something broke\nwith a second line")
+
+    monkeypatch.setattr(loop._Trainer, "_step", step)
+    workdir = tmp_path / "work"
+    with pytest.raises(training.TrainingStopped) as stopped:
+        run_training(plan_for(style, photos, workdir, steps=4), vgg_weights)
+    assert str(stopped.value) == (
+        f"training stopped at step 1: RuntimeError: something broke; no checkpoint was saved in "
+        f"{workdir} yet, so run the same command again to start over"
+    )
+    # Starting over is not refused: there is no checkpoint to protect.
+    plan_for(style, photos, workdir, steps=4)
+
+
+def test_full_disks_are_worded_the_same_whoever_reports_them() -> None:
+    from safetensors import SafetensorError
+
+    from stylize.engine.training import disk_full_reason, failure_reason
+
+    full = "no space left on device"
+    assert failure_reason(_no_space()) == full
+    assert failure_reason(OSError(errno.EDQUOT, "Disk quota exceeded")) == (
+        f"{full} (disk quota exceeded)"
+    )
+    assert (
+        failure_reason(
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7 vs 5")
+        )
+        == full
+    )
+    assert (
+        failure_reason(
+            SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        )
+        == full
+    )
+    try:
+        try:
+            raise _no_space()
+        except OSError:
+            raise StylizeError("cannot write model.safetensors: No space left on device") from None
+    except StylizeError as error:
+        # A StylizeError is in words already; the full disk behind it is still recognized.
+        assert failure_reason(error) == str(error)
+        assert disk_full_reason(error) == full
+    assert failure_reason(OSError(errno.EACCES, "Permission denied", "x.pt")) == (
+        "Permission denied (x.pt)"
+    )
+    assert failure_reason(MemoryError(), "cpu") == "out of memory on cpu"
+    assert failure_reason(ValueError("")) == "ValueError"

@@ -23,6 +23,8 @@ from stylize.engine.settings import DEFAULT_STEPS, TrainSchedule, TrainSettings
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from stylize.engine.training import TrainResult
+
 # Defaults and checks are TrainSettings' and TrainSchedule's: the options take their defaults
 # from them, and their validate() reports a value out of range as a usage error of the option.
 _SETTINGS = TrainSettings()
@@ -158,7 +160,7 @@ def train(
     from stylize.engine.runtime import Runtime
     from stylize.errors import StylizeError
     from stylize.store.paths import cache_dir
-    from stylize.store.registry import check_install_name, install_model
+    from stylize.store.registry import check_install_name
 
     with settings_usage_errors():
         TrainSchedule(
@@ -223,6 +225,7 @@ def train(
             checkpoint_every=checkpoint_every,
             preview_every=preview_every,
             on_progress=update,
+            on_warning=_console.warn,
         )
     if not processes.is_main:
         # The first process reports and installs the model.
@@ -236,13 +239,57 @@ def train(
         )
     if result.interrupted:
         # Shown even with -q: it is where the work went and how to continue it.
-        _console.info(
-            f"interrupted at step {result.step}; checkpoint saved in {plan.workdir}; run the "
-            "same command with --resume to continue"
-        )
+        if result.checkpoint_problem is None:
+            _console.info(
+                f"interrupted at step {result.step}; checkpoint saved in {plan.workdir}; run "
+                "the same command with --resume to continue"
+            )
+        else:
+            _console.warn(
+                f"interrupted at step {result.step}, but its checkpoint could not be written "
+                f"({result.checkpoint_problem}); "
+                + training.resume_advice(plan.workdir, result.checkpoint_step)
+            )
         raise typer.Exit(EXIT_INTERRUPTED)
-    path = install_model(name, result.tensors, result.meta, overwrite=overwrite)
+    path = _install(name, result, plan.workdir, overwrite)
+    if result.checkpoint_problem is not None:
+        # The model is safe in the store: the work folder's trouble only costs a later --resume.
+        _console.warn(
+            f"the final checkpoint could not be written in {plan.workdir} "
+            f"({result.checkpoint_problem}); the model was installed anyway"
+        )
     _console.result(str(path))
+
+
+def _install(name: str, result: TrainResult, workdir: Path, overwrite: bool) -> Path:
+    """Installs the trained model; a failure (the store's disk full, say) is one line that says
+    where the trained weights still are."""
+    from stylize.engine import training
+    from stylize.errors import StylizeError
+    from stylize.store.paths import models_dir
+    from stylize.store.registry import install_model
+
+    try:
+        return install_model(name, result.tensors, result.meta, overwrite=overwrite)
+    except Exception as error:
+        if isinstance(error, StylizeError):
+            problem = str(error)  # the store's own words ("cannot install NAME: ...")
+        elif training.disk_full_reason(error) is not None:
+            problem = f"cannot install {name}: {training.disk_full_reason(error)} in {models_dir()}"
+        else:
+            problem = f"cannot install {name}: {training.failure_reason(error)}"
+        if result.checkpoint_problem is None:
+            where = (
+                f"the trained model is in the checkpoint of step {result.step} in {workdir}: "
+                "run the same command with --resume to install it"
+            )
+        else:
+            where = (
+                "its final checkpoint could not be written either "
+                f"({result.checkpoint_problem}); "
+                + training.resume_advice(workdir, result.checkpoint_step)
+            )
+        raise StylizeError(f"{problem}; {where}") from error
 
 
 def _default_name(style: Path) -> str:

@@ -7,6 +7,7 @@ losses.csv, one row per step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from torch import nn
 from stylize.atomic import atomic_path, atomic_write
 from stylize.engine.settings import TrainSettings
 from stylize.engine.training.data import TrainingData
+from stylize.engine.training.failures import CheckpointWriteError, write_problem
 from stylize.errors import StylizeError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -101,7 +103,8 @@ def write_checkpoint(
     device: torch.device,
     losses: Mapping[str, float],
 ) -> None:
-    """Saves the run after `step` steps and `position` samples, atomically."""
+    """Saves the run after `step` steps and `position` samples, atomically: when that fails
+    (CheckpointWriteError, a full disk worded as such), the previous checkpoint is unchanged."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -118,8 +121,9 @@ def write_checkpoint(
     try:
         with atomic_path(path, overwrite=True) as temporary:
             torch.save(state, temporary)
-    except OSError as error:
-        raise StylizeError(f"cannot write checkpoint {path}: {error.strerror or error}") from None
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a short write as a RuntimeError of its stream writer.
+        raise CheckpointWriteError(path, write_problem(error)) from error
 
 
 def restore_checkpoint(
@@ -162,7 +166,8 @@ def _restore_random_states(states: Mapping[str, Any], device: torch.device) -> N
 
 class LossLog:
     """losses.csv in the work folder, one row per step. On resume, rows past the checkpoint
-    (from steps that were trained but not saved) are dropped first."""
+    (from steps that were trained but not saved) and rows cut short by a failed write are
+    dropped first. A write that fails raises a StylizeError naming the file and the reason."""
 
     def __init__(self, path: Path, resume_step: int, *, enabled: bool) -> None:
         self.path = path
@@ -180,7 +185,9 @@ class LossLog:
                 kept = [
                     row
                     for row in csv.DictReader(file)
-                    if row.get("step", "").isdigit() and int(row["step"]) <= self.resume_step
+                    if row.get("step", "").isdigit()
+                    and int(row["step"]) <= self.resume_step
+                    and all(row.get(column) for column in LOSS_LOG_COLUMNS)
                 ]
         try:
             with atomic_write(self.path, "w", overwrite=True, newline="") as file:
@@ -189,21 +196,27 @@ class LossLog:
                 writer.writerows(kept)
             self._file = self.path.open("a", newline="")
         except OSError as error:
-            raise StylizeError(f"cannot write {self.path}: {error.strerror or error}") from None
+            raise StylizeError(f"cannot write {self.path}: {write_problem(error)}") from error
         self._writer = csv.DictWriter(self._file, LOSS_LOG_COLUMNS)
         return self
 
     def write(self, **row: float) -> None:
         if self._file is None:
             return
-        self._writer.writerow(
-            {
-                name: f"{value:.6g}" if isinstance(value, float) else value
-                for name, value in row.items()
-            }
-        )
-        self._file.flush()
+        try:
+            self._writer.writerow(
+                {
+                    name: f"{value:.6g}" if isinstance(value, float) else value
+                    for name, value in row.items()
+                }
+            )
+            self._file.flush()
+        except OSError as error:
+            raise StylizeError(f"cannot write {self.path}: {write_problem(error)}") from error
 
     def __exit__(self, *exc_info: object) -> None:
         if self._file is not None:
-            self._file.close()
+            file, self._file = self._file, None
+            # Closing fails only after a write that failed (each row is flushed): reported.
+            with contextlib.suppress(OSError):
+                file.close()

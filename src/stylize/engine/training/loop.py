@@ -5,6 +5,13 @@ targets set up, one optimizer step per batch, the progress reports, and what the
 writes on the way (previews, checkpoints, the loss log) and returns at the end (the weights and
 their metadata for the store).
 
+A run never loses its finished work to the work folder: a checkpoint or a preview that cannot
+be written (a full disk, say) is a warning and training goes on, the previous checkpoint
+intact; the result says when the last checkpoint could not be written, for the caller to
+install the model anyway. Any other failure during the steps (out of memory, a loss that is no
+longer finite, the loss log unwritable, an error of the data loader) stops the run with a
+`TrainingStopped` that says which checkpoint to resume from.
+
 The loss is optimize's: VGG19 content and style losses (relative errors, averaged over their
 layers) and total variation, so the same default weights balance them.
 """
@@ -15,6 +22,7 @@ import base64
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +47,20 @@ from stylize.engine.training.distributed import (
     process_group,
     stop_requests,
 )
-from stylize.engine.training.plan import TrainingPlan
+from stylize.engine.training.failures import (
+    CheckpointWriteError,
+    TrainingStopped,
+    failure_reason,
+    write_problem,
+)
+from stylize.engine.training.plan import PREVIEW_FOLDER, TrainingPlan
 from stylize.engine.transformer import TransformerNet
 from stylize.engine.vgg import VGGFeatures
 from stylize.errors import StylizeError
 
 ProgressCallback = Callable[..., None]
+WarningCallback = Callable[[str], None]
 
-PREVIEW_FOLDER = "previews"
 THUMBNAIL_LONG_EDGE = 96
 _LOSS_NAMES = ("content", "style", "tv", "loss")
 
@@ -54,7 +68,11 @@ _LOSS_NAMES = ("content", "style", "tv", "loss")
 @dataclass(frozen=True)
 class TrainResult:
     """The outcome of `run_training`. `tensors` and `meta` (for the store) are empty on
-    processes other than the main one."""
+    processes other than the main one.
+
+    `checkpoint_step` is the step of the checkpoint in the work folder (None when there is
+    none); `checkpoint_problem` says why the checkpoint of the last step (at the end or on
+    Ctrl-C) could not be written, None when it was."""
 
     step: int
     interrupted: bool
@@ -62,6 +80,8 @@ class TrainResult:
     unreadable: tuple[str, ...]
     tensors: dict[str, Tensor]
     meta: dict[str, Any]
+    checkpoint_step: int | None = None
+    checkpoint_problem: str | None = None
 
 
 def run_training(
@@ -72,6 +92,7 @@ def run_training(
     checkpoint_every: int = 1000,
     preview_every: int = 1000,
     on_progress: ProgressCallback | None = None,
+    on_warning: WarningCallback | None = None,
 ) -> TrainResult:
     """Trains up to `plan.total_steps`, writing checkpoints, previews and the loss log into the
     work folder (main process only), and returns the trained weights.
@@ -79,12 +100,18 @@ def run_training(
     `on_progress(step, total_steps, **values)` follows every step, with `content`, `style`,
     `tv` (weighted losses), `loss` (their sum), `images_per_second` and `unreadable` (files
     skipped so far). The first Ctrl-C (SIGINT) stops after the current step and saves a
-    checkpoint; the result then says `interrupted`."""
+    checkpoint; the result then says `interrupted`.
+
+    `on_warning(message)` (default: `warnings.warn`) gets one line for each periodic
+    checkpoint or preview that could not be written; training goes on. A failed final (or
+    Ctrl-C) checkpoint is not warned about but returned in the result. Any other failure during
+    the steps raises `TrainingStopped` (a StylizeError), its message ending with where to
+    resume from."""
     TrainSchedule(
         workers=workers, checkpoint_every=checkpoint_every, preview_every=preview_every
     ).validate()
     with process_group(plan.processes, plan.device), stop_requests() as stop_requested:
-        return _Trainer(plan, vgg_weights).train(
+        return _Trainer(plan, vgg_weights, on_warning or _python_warning).train(
             workers=workers,
             checkpoint_every=checkpoint_every,
             preview_every=preview_every,
@@ -93,9 +120,16 @@ def run_training(
         )
 
 
+def _python_warning(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 class _Trainer:
-    def __init__(self, plan: TrainingPlan, vgg_weights: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, plan: TrainingPlan, vgg_weights: Mapping[str, Tensor], warn: WarningCallback
+    ) -> None:
         self.plan = plan
+        self.warn = warn
         self.settings = settings = plan.settings
         self.runtime = runtime = plan.runtime
         self.device = device = runtime.device
@@ -125,6 +159,9 @@ class _Trainer:
         self.step = 0
         self.position = 0
         self.losses = dict.fromkeys(_LOSS_NAMES, math.nan)
+        # The checkpoint in the work folder, and why the latest attempt to write one failed.
+        self.checkpoint_step: int | None = None
+        self.checkpoint_problem: str | None = None
         if plan.checkpoint is not None:
             self.step, self.position, self.losses = restore_checkpoint(
                 plan.checkpoint,
@@ -134,6 +171,7 @@ class _Trainer:
                 scaler=self.scaler,
                 device=device,
             )
+            self.checkpoint_step = self.step
         self.model: nn.Module = parallel_model(self.net, device, plan.processes)
 
     def train(
@@ -154,41 +192,54 @@ class _Trainer:
             on_progress(self.step, plan.total_steps)
         with LossLog(plan.workdir / LOSS_LOG_FILE, self.step, enabled=main) as log:
             rate = _Rate(samples_per_step)
-            batches = data_loader(
-                plan.data,
-                self.settings,
-                plan.processes,
-                first_position=self.position,
-                steps=plan.total_steps - self.step,
-                workers=workers,
-                pin_memory=self.device.type == "cuda",
-            )
-            for pixels, skipped in batches:
-                self.losses, interrupted = self._step(pixels, stop_requested)
-                self.step += 1
-                self.position += samples_per_step
-                unreadable.update(dict.fromkeys(skipped))
-                if not all(math.isfinite(value) for value in self.losses.values()):
-                    raise StylizeError(
-                        f"the loss became {self.losses['loss']} at step {self.step}; the last "
-                        f"checkpoint is in {plan.workdir}. Try a smaller "
-                        f"{option_name(self.settings, 'learning_rate')} or --precision fp32"
-                    )
-                values = {
-                    **self.losses,
-                    "images_per_second": rate.step_done(),
-                    "unreadable": len(unreadable),
-                }
-                log.write(step=self.step, images=self.position, **values)
-                if on_progress is not None:
-                    on_progress(self.step, plan.total_steps, **values)
-                finished = self.step >= plan.total_steps
-                if main and (finished or self.step % preview_every == 0):
-                    self._write_previews()
-                if main and (finished or interrupted or self.step % checkpoint_every == 0):
-                    self._save_checkpoint()
-                if interrupted:
-                    break
+            # The step a failure stops: the one being trained, or the one just trained while
+            # its row, previews and checkpoint are written.
+            at = self.step + 1
+            try:
+                batches = data_loader(
+                    plan.data,
+                    self.settings,
+                    plan.processes,
+                    first_position=self.position,
+                    steps=plan.total_steps - self.step,
+                    workers=workers,
+                    pin_memory=self.device.type == "cuda",
+                )
+                for pixels, skipped in batches:
+                    self.losses, interrupted = self._step(pixels, stop_requested)
+                    self.step += 1
+                    self.position += samples_per_step
+                    unreadable.update(dict.fromkeys(skipped))
+                    if not all(math.isfinite(value) for value in self.losses.values()):
+                        raise StylizeError(
+                            f"the loss became {self.losses['loss']} (a smaller "
+                            f"{option_name(self.settings, 'learning_rate')}, starting over, or "
+                            "--precision fp32 may avoid it)"
+                        )
+                    values = {
+                        **self.losses,
+                        "images_per_second": rate.step_done(),
+                        "unreadable": len(unreadable),
+                    }
+                    log.write(step=self.step, images=self.position, **values)
+                    if on_progress is not None:
+                        on_progress(self.step, plan.total_steps, **values)
+                    finished = self.step >= plan.total_steps
+                    if main and (finished or self.step % preview_every == 0):
+                        self._write_previews()
+                    if finished or interrupted or self.step % checkpoint_every == 0:
+                        if main:
+                            self._save_checkpoint(last=finished or interrupted)
+                        else:
+                            # The first process writes it (and warns when it cannot): what the
+                            # others say on a failure assumes it did.
+                            self.checkpoint_step = self.step
+                    if interrupted:
+                        break
+                    at = self.step + 1
+            except Exception as error:
+                reason = failure_reason(error, self.device)
+                raise TrainingStopped(at, reason, plan.workdir, self.checkpoint_step) from error
         tensors: dict[str, Tensor] = {}
         meta: dict[str, Any] = {}
         if main:
@@ -204,6 +255,8 @@ class _Trainer:
             unreadable=tuple(unreadable),
             tensors=tensors,
             meta=meta,
+            checkpoint_step=self.checkpoint_step,
+            checkpoint_problem=self.checkpoint_problem,
         )
 
     def _step(
@@ -229,39 +282,64 @@ class _Trainer:
         return dict(zip(_LOSS_NAMES, report.tolist(), strict=True)), stop
 
     def _write_previews(self) -> None:
+        """Stylizes the preview images into the work folder. One that cannot be written is a
+        warning: previews are for the user to look at, the model does not need them."""
         if not self.plan.previews:
             return
         folder = self.plan.workdir / PREVIEW_FOLDER
-        folder.mkdir(exist_ok=True)
         self.net.eval()
         try:
             for stem, image in self.plan.previews:
                 content = to_tensor(image, self.device).contiguous(memory_format=self.memory_format)
                 with torch.no_grad(), self.runtime.autocast():
                     stylized = self.net(content * 255)
-                save_image(
-                    to_image(stylized.float() / 255),
-                    folder / f"{stem}-{self.step:06d}.jpg",
-                    overwrite=True,
-                )
+                path = folder / f"{stem}-{self.step:06d}.jpg"
+                try:
+                    folder.mkdir(exist_ok=True)
+                    save_image(to_image(stylized.float() / 255), path, overwrite=True)
+                except (OSError, StylizeError) as error:
+                    self.warn(
+                        f"could not write preview {path} at step {self.step} "
+                        f"({write_problem(error)}); training goes on"
+                    )
         finally:
             self.net.train()
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, *, last: bool) -> None:
+        """Writes the checkpoint. One that cannot be written leaves the previous one in place:
+        a periodic one is a warning and training goes on (the next may succeed, and the model
+        is installed at the end either way); the `last` one (at the end or on Ctrl-C) is left
+        to the result for the caller to report."""
         plan = self.plan
-        write_checkpoint(
-            plan.checkpoint_path,
-            step=self.step,
-            position=self.position,
-            settings=self.settings,
-            style_sha256=plan.style_sha256,
-            data=plan.data,
-            net=self.net,
-            optimizer=self.optimizer,
-            scaler=self.scaler,
-            device=self.device,
-            losses=self.losses,
-        )
+        try:
+            write_checkpoint(
+                plan.checkpoint_path,
+                step=self.step,
+                position=self.position,
+                settings=self.settings,
+                style_sha256=plan.style_sha256,
+                data=plan.data,
+                net=self.net,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                device=self.device,
+                losses=self.losses,
+            )
+        except CheckpointWriteError as error:
+            self.checkpoint_problem = error.reason
+            if not last:
+                kept = (
+                    f"the last checkpoint (step {self.checkpoint_step}) stays in {plan.workdir}"
+                    if self.checkpoint_step is not None
+                    else f"there is no checkpoint in {plan.workdir} yet"
+                )
+                self.warn(
+                    f"could not write the checkpoint of step {self.step} ({error.reason}); "
+                    f"training goes on; {kept}"
+                )
+            return
+        self.checkpoint_step = self.step
+        self.checkpoint_problem = None
 
     def _model_meta(self) -> dict[str, Any]:
         plan = self.plan

@@ -1,8 +1,9 @@
 """Preparing a training job: everything that can be checked before training starts.
 
 Owns `prepare_training` and the `TrainingPlan` it returns: the style image and the preview
-images read, the data folder scanned, the step budget worked out, the work folder checked, and
-its checkpoint read and checked when the job resumes one.
+images read (and checked to be large enough for the network), the data folder scanned, the step
+budget worked out, the work folder checked (a file written there atomically, as checkpoints
+and previews are), and its checkpoint read and checked when the job resumes one.
 """
 
 from __future__ import annotations
@@ -19,17 +20,30 @@ from typing import Any
 import torch
 from PIL import Image
 
+from stylize.atomic import atomic_write
 from stylize.engine.imageio import load_image, resize_long_edge
+from stylize.engine.layers import ConvLayer, UpsampleConvLayer
 from stylize.engine.runtime import Runtime
-from stylize.engine.settings import TrainSchedule, TrainSettings, min_input_size, option_name
+from stylize.engine.settings import (
+    TrainSchedule,
+    TrainSettings,
+    TransformerConfig,
+    min_input_size,
+    option_name,
+)
 from stylize.engine.training.checkpoints import CHECKPOINT_FILE, check_resumable, read_checkpoint
 from stylize.engine.training.data import TrainingData, scan_training_data
 from stylize.engine.training.distributed import Processes, process_device
+from stylize.engine.training.failures import write_problem
+from stylize.engine.transformer import TransformerNet
 from stylize.errors import StylizeError
 
 # Fewer photos than this rarely generalize to new ones; the CLI warns.
 FEW_IMAGES = 1000
 PREVIEW_LONG_EDGE = 512
+PREVIEW_FOLDER = "previews"
+# What the work folder probe writes: a little data, so that a full disk shows before step 1.
+_PROBE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,16 @@ def prepare_training(
         assert epochs is not None
         samples_per_step = settings.batch_size * processes.world_size
         steps = math.ceil(epochs * len(data.images) / samples_per_step)
-    loaded_previews = _load_previews(previews) if processes.is_main else ()
+    loaded_previews = (
+        _load_previews(previews, min_network_input(settings.architecture))
+        if processes.is_main
+        else ()
+    )
     workdir = Path(workdir)
     if processes.is_main:
-        _check_workdir(workdir)
+        _check_folder(workdir, "work folder")
+        if loaded_previews:
+            _check_folder(workdir / PREVIEW_FOLDER, "previews folder")
     checkpoint_path = workdir / CHECKPOINT_FILE
     checkpoint = None
     if resume:
@@ -129,13 +149,53 @@ def prepare_training(
     )
 
 
-def _load_previews(paths: Sequence[Path]) -> tuple[tuple[str, Image.Image], ...]:
+def min_network_input(config: TransformerConfig) -> int:
+    """The smallest image side the transform network of `config` takes.
+
+    Reflection padding needs more pixels than it pads: the 9x9 convolutions pad by 4, at full
+    resolution at both ends of the network; the 3x3 ones by 1, down to a quarter of the
+    resolution (the stride-2 convolutions and the residual blocks). Worked out by following a
+    side through the network's layers, so it holds for any configuration."""
+    with torch.device("meta"):
+        net = TransformerNet(config)
+    layers = [stage.conv for stage in net.encoder]
+    for block in net.residual_blocks:
+        layers += [block.conv1, block.conv2]
+    layers += [stage.conv for stage in net.decoder]
+    side = 1
+    while not _passes(layers, side):
+        side += 1
+    return side
+
+
+def _passes(layers: Sequence[torch.nn.Module], side: int) -> bool:
+    for layer in layers:
+        if isinstance(layer, UpsampleConvLayer):
+            side *= 2  # nearest upsampling; its padding replicates, which takes any size
+        elif isinstance(layer, ConvLayer):
+            if side <= layer.padding:
+                return False
+            (kernel, _), (stride, _) = layer.conv2d.kernel_size, layer.conv2d.stride
+            side = (side + 2 * layer.padding - kernel) // stride + 1
+        else:
+            raise TypeError(f"unexpected layer {type(layer).__name__} in the transform network")
+    return side > 0
+
+
+def _load_previews(paths: Sequence[Path], min_side: int) -> tuple[tuple[str, Image.Image], ...]:
     previews: list[tuple[str, Image.Image]] = []
     stems: set[str] = set()
     for path in paths:
         image = load_image(path).rgb
+        scaled = ""
         if max(image.size) > PREVIEW_LONG_EDGE:
             image = resize_long_edge(image, PREVIEW_LONG_EDGE)
+            scaled = f" once scaled to {PREVIEW_LONG_EDGE} pixels on its long edge"
+        if min(image.size) < min_side:
+            raise StylizeError(
+                f"preview image {path} is {image.width}x{image.height} pixels{scaled}, too small "
+                f"for the style network: it needs at least {min_side} pixels a side"
+            )
         stem, number = Path(path).stem, 2
         while stem in stems:
             stem, number = f"{Path(path).stem}-{number}", number + 1
@@ -144,11 +204,14 @@ def _load_previews(paths: Sequence[Path]) -> tuple[tuple[str, Image.Image], ...]
     return tuple(previews)
 
 
-def _check_workdir(workdir: Path) -> None:
+def _check_folder(folder: Path, what: str) -> None:
+    """Creates `folder` and writes a small file into it the way checkpoints and previews are
+    written (atomically), then removes it."""
+    probe = folder / f".write-test-{secrets.token_hex(4)}"
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write-test-{secrets.token_hex(4)}"
-        probe.write_bytes(b"")
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(probe) as file:
+            file.write(bytes(_PROBE_BYTES))
         probe.unlink()
     except OSError as error:
-        raise StylizeError(f"cannot use work folder {workdir}: {error.strerror or error}") from None
+        raise StylizeError(f"cannot use {what} {folder}: {write_problem(error)}") from error
