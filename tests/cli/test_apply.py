@@ -95,8 +95,8 @@ def test_an_input_is_never_overwritten(cli, style, make_image):
     photo = make_image("photo.png")
     before = photo.read_bytes()
     result = cli("apply", photo, "-s", style, "-o", photo, "--overwrite")
-    assert result.exit_code == 1
-    assert "refusing to overwrite the input" in result.stderr
+    assert result.exit_code == 2  # a usage error, as in optimize
+    assert "refusing to overwrite the input" in " ".join(result.stderr.split())
     assert photo.read_bytes() == before
 
 
@@ -263,7 +263,6 @@ def test_bad_options_are_usage_errors(cli, style, make_image, tmp_path, monkeypa
     [
         (("-s", "nothing"), "no style named 'nothing'"),
         (("-s", "missing/model.onnx"), "style file not found"),
-        (("-s", "tiny", "--device", "tpu"), "unknown device 'tpu'"),
     ],
 )
 def test_failures_are_one_clear_line(cli, style, make_image, arguments, message):
@@ -321,3 +320,49 @@ def test_max_size_keeps_the_short_edge_large_enough_to_stylize(cli, style, make_
     assert result.exit_code == 0, result.stderr
     with Image.open(tmp_path / "small.png") as image:
         assert image.size == (22, 16)
+
+
+@pytest.mark.parametrize("name", ["out.v2", "2024.06"])
+def test_an_output_with_a_suffix_that_is_no_image_type_is_a_folder(
+    cli, style, make_image, tmp_path, name
+):
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", style, "-o", tmp_path / name)
+    assert result.exit_code == 0, result.stderr
+    assert written(result) == [str(tmp_path / name / "photo.tiny.png")]
+    assert (tmp_path / name).is_dir()
+
+
+def test_a_run_where_every_input_fails_leaves_no_output_folder(cli, style, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (photos / name).write_bytes(b"not really an image")
+    result = cli("apply", photos, "-s", style, "-o", tmp_path / "out" / "styled")
+    assert result.exit_code == 1
+    assert "2 of 2 images failed" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_got_results_is_kept(cli, style, make_image, tmp_path):
+    make_image("photos/a.png")
+    (tmp_path / "photos" / "b.png").write_bytes(b"not really an image")
+    result = cli("apply", tmp_path / "photos", "-s", style, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert written(result) == [str(tmp_path / "out" / "a.tiny.png")]
+
+
+def test_an_offline_catalog_style_says_how_to_install_it(
+    cli, make_image, tmp_path, local_catalog, http_server
+):
+    served = tmp_path / "candy-9.onnx"
+    torch.save(random_style_net(seed=5, config=TINY).state_dict(), served)
+    local_catalog.serve("candy", served)
+    http_server.fail("files/candy-9.onnx", 404)
+    result = cli("apply", make_image("photo.png"), "-s", "candy", "-q")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: the style network 'candy' is not installed: could not")
+    assert "run 'stylize models import candy-9.onnx'" in message
+    assert "set STYLIZE_MODEL_MIRROR" in message
+    assert len(result.stderr.strip().splitlines()) == 1

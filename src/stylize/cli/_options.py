@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,10 +24,27 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+# What --device accepts; whether the machine has that device is checked when it is used.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+
+
+def device_name(value: str) -> str:
+    """Typer callback for --device: a usage error for what names no device at all (`gpu`),
+    before anything is loaded. Whether this machine has the device is a runtime error."""
+    if not _DEVICE.fullmatch(value.strip().lower()):
+        raise typer.BadParameter(
+            f"unknown device '{value}': choose auto, cpu, cuda, cuda:N (N a GPU's number) or mps"
+        )
+    return value
+
+
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Do not show progress bars or messages.")
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", callback=device_name, help="auto, cpu, cuda, cuda:N or mps."),
+]
 StyleBlendOption = Annotated[
     str | None,
     typer.Option(
@@ -104,3 +123,60 @@ def parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
         with settings_usage_errors():
             check_style_blend(weights, style_count)
     return weights
+
+
+# A flag followed by one of these was almost certainly meant to be set with it (`--quiet true`).
+_FLAG_VALUES = ("true", "false")
+
+
+def plain_flags(command: Any, ctx: typer.Context) -> None:
+    """Shows the flags of `command` and of its subcommands (--help too) without a value in
+    `--help`. Typer's rich help (0.2x) prints the type of every option, flags included, as if
+    they took a value (`--quiet -q <bool>`), where its plain help leaves flags out; an explicit
+    metavar is what it prints instead, and an empty one is nothing. Click ignores a flag's
+    metavar everywhere else."""
+    for param in command.get_params(ctx):
+        if param.param_type_name == "option" and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    for sub in _subcommands(command, ctx):
+        plain_flags(sub, ctx)
+
+
+def refuse_flag_values(command: Any, ctx: typer.Context, args: Sequence[str]) -> None:
+    """A usage error for a flag followed by `true` or `false` (`--preserve-color true`), which
+    would be read as an input named 'true', unless a file of that name exists. `args` are the
+    command line after `command`'s name; subcommands are followed."""
+    options = [param for param in command.get_params(ctx) if param.param_type_name == "option"]
+    flags = {name for param in options if param.is_flag for name in param.opts}
+    flags |= {name for param in options if param.is_flag for name in param.secondary_opts}
+    valued = {name: param.nargs for param in options if not param.is_flag for name in param.opts}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return
+        if arg in flags and index + 1 < len(args):
+            value = args[index + 1]
+            if value.lower() in _FLAG_VALUES and not os.path.exists(value):
+                raise typer.BadParameter(
+                    f"it is a flag, which takes no value; leave out '{value}'",
+                    param_hint=f"'{arg}'",
+                )
+        elif arg in valued:
+            index += valued[arg]
+        elif not arg.startswith("-") and _subcommand(command, ctx, arg) is not None:
+            refuse_flag_values(_subcommand(command, ctx, arg), ctx, args[index + 1 :])
+            return
+        index += 1
+
+
+def _subcommands(command: Any, ctx: typer.Context) -> list[Any]:
+    if not hasattr(command, "list_commands"):
+        return []
+    found = (_subcommand(command, ctx, name) for name in command.list_commands(ctx))
+    return [sub for sub in found if sub is not None]
+
+
+def _subcommand(command: Any, ctx: typer.Context, name: str) -> Any:
+    """The subcommand `name` of a group (None for a command, or no such subcommand)."""
+    return command.get_command(ctx, name) if hasattr(command, "get_command") else None

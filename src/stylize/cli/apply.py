@@ -168,7 +168,7 @@ def apply(
     with _console.download_progress("downloading the style network", quiet) as on_download:
         loaded = load_styles(refs, weights, on_progress=on_download)
     stylizers = _Stylizers(loaded, paintings, runtime, tile_size, style_size, strength)
-    _create_folders(jobs)
+    created = _create_folders(jobs)
     runner = _Runner(
         stylizers,
         max_size=max_size,
@@ -178,12 +178,15 @@ def apply(
         overwrite=overwrite,
         batch_size=batch_size,
     )
-    with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
-        for job in jobs:
-            runner.add(job)
+    try:
+        with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
+            for job in jobs:
+                runner.add(job)
+                on_progress(runner.finished)
+            runner.flush()
             on_progress(runner.finished)
-        runner.flush()
-        on_progress(runner.finished)
+    finally:
+        _remove_empty_folders(created)
     if runner.failed:
         raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
 
@@ -289,7 +292,13 @@ def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) 
 
 
 def _names_a_file(output: Path) -> bool:
-    return bool(output.suffix) and not output.is_dir()
+    """Whether `-o` names an output file rather than a folder: it has an image suffix (`.png`;
+    `out.v2` is a folder) and is not an existing folder. A trailing separator (`out.png/`)
+    cannot tell, since the path arrives without it."""
+    from stylize.engine.imageio import IMAGE_SUFFIXES
+
+    suffix = output.suffix.lower()
+    return (suffix in IMAGE_SUFFIXES or _writable(suffix)) and not output.is_dir()
 
 
 def _writable(suffix: str) -> bool:
@@ -311,7 +320,10 @@ def _check_targets(
     for job in jobs:
         target = job.target.resolve()
         if target in sources:
-            raise StylizeError(f"refusing to overwrite the input {job.source} with a result")
+            raise typer.BadParameter(
+                f"refusing to overwrite the input {job.source} with a result",
+                param_hint="'--output'",
+            )
         if target in seen:
             raise StylizeError(
                 f"{seen[target]} and {job.source} would both be written to {job.target}"
@@ -326,15 +338,32 @@ def _check_targets(
     return remaining
 
 
-def _create_folders(jobs: list[_Job]) -> None:
-    """Creates the output folders, once every check has passed, so a refused run leaves none."""
+def _create_folders(jobs: list[_Job]) -> list[Path]:
+    """Creates the output folders, once every check has passed, so a refused run leaves none;
+    returns the folders it created, parents first, for `_remove_empty_folders`."""
+    created: list[Path] = []
     for folder in sorted({job.target.parent for job in jobs}):
+        missing = [folder, *folder.parents]
+        missing = [each for each in reversed(missing) if not each.exists()]
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            _remove_empty_folders(created)
             raise StylizeError(
                 f"cannot create folder {folder}: {error.strerror or error}"
             ) from None
+        created += [each for each in missing if each not in created]
+    return created
+
+
+def _remove_empty_folders(created: list[Path]) -> None:
+    """Removes the folders `_create_folders` created that nothing was written to (every input
+    failed, or the run was interrupted), deepest first."""
+    from contextlib import suppress
+
+    for folder in reversed(created):
+        with suppress(OSError):  # not empty: results were written there
+            folder.rmdir()
 
 
 class _Runner:
