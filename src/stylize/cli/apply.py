@@ -57,7 +57,7 @@ def apply(
             "-s",
             help="A style: a model name (installed or in the catalog, downloaded on first use), "
             "a named style like starry, NETWORK:N (multistyle26:0 to :25), an image file (any "
-            "picture as the style), or a model file (.safetensors, .pth, .onnx, .pb). Repeat "
+            "picture as the style), or a model file (.safetensors, .pth, .onnx). Repeat "
             "to blend styles of one network, or several images.",
             show_default=False,
         ),
