@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_existing_output_is_kept_unless_overwrite(cli, vgg_home, images, tmp_pat
         ({"--size": "8"}, 1, "too small"),
         ({"--init": "nowhere.png"}, 2, "neither content, noise, style nor an image file"),
         ({"--lr": "0.1"}, 2, "only --optimizer adam"),
-        ({"--device": "tpu"}, 1, "unknown device 'tpu'"),
+        ({"--device": "tpu"}, 2, "unknown device 'tpu'"),
         ({"--iterations": "1", "--scales": "2"}, 2, "1 iterations cannot cover 2 scales"),
         ({"--style-scale": "0"}, 2, "'--style-scale': must be a positive number"),
         ({"--optimizer": "adam", "--lr": "-1"}, 2, "'--lr': must be a positive number"),
@@ -210,3 +211,205 @@ def test_outputs_never_replace_inputs_or_each_other(
     assert f"'{option}'" in unwrapped and message in unwrapped
     assert not (folder / "y.png").exists()
     assert {path: path.read_bytes() for path in inputs} == inputs
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+ALLOCATOR_FAILURE = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
+    "tried to allocate 14231732224 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def unwrapped(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_a_run_too_large_for_memory_is_refused_before_any_work(cli, images, tmp_path, monkeypatch):
+    from stylize.engine import memory
+
+    monkeypatch.setenv("STYLIZE_MODEL_MIRROR", "http://127.0.0.1:9")  # no work may start
+    monkeypatch.delenv("STYLIZE_MEMORY_CHECK", raising=False)
+    available = memory.Available(int(9.1e9), "available on this machine")
+    monkeypatch.setattr(memory, "available_memory", lambda device: available)
+    content, warm, _ = images
+    out = tmp_path / "out.png"
+    result = cli("optimize", content, warm, "-o", out, "--size", 4000, "--scales", 1, "-q")
+    assert result.exit_code == 1, result.stderr
+    message = unwrapped(result.stderr)
+    assert re.fullmatch(
+        r"error: optimize at 4000x2667 needs about \d+\.\d GB of memory, but 9\.1 GB is "
+        r"available on this machine: use --size \d+ or smaller",
+        message,
+    ), message
+    assert not out.exists()
+
+
+def test_running_out_of_memory_names_the_size(cli, vgg_home, images, tmp_path, monkeypatch):
+    from stylize.engine import gatys
+
+    class FailingAllocation(gatys.VGGFeatures):
+        def forward(self, image):
+            if image.requires_grad:
+                raise RuntimeError(ALLOCATOR_FAILURE)
+            return super().forward(image)
+
+    monkeypatch.setattr(gatys, "VGGFeatures", FailingAllocation)
+    content, warm, _ = images
+    out = tmp_path / "out.png"
+    result = cli("optimize", content, warm, "-o", out, "--size", 48, "--iterations", 3, "-q")
+    assert result.exit_code == 1, result.stderr
+    assert unwrapped(result.stderr) == (
+        "error: ran out of memory at 48x32 on cpu: an allocation of 14.2 GB failed; use a smaller "
+        "--size, or --optimizer adam"
+    )
+    assert not out.exists()
+
+
+def test_an_empty_memory_error_anywhere_says_out_of_memory(cli, images, tmp_path, monkeypatch):
+    from stylize.engine import imageio
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(imageio, "load_image", no_memory)
+    content, warm, _ = images
+    result = cli("optimize", content, warm, "-o", tmp_path / "out.png", "--size", 48)
+    assert result.exit_code == 1
+    assert unwrapped(result.stderr) == (
+        "error: out of memory: an allocation failed; use a smaller size or close other programs "
+        "(for details, run again as 'stylize --debug COMMAND ...')"
+    )
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+# `python -m stylize`, with two slow moments that tests ask for by setting an environment
+# variable to the path of a file that says when the moment has come: SAVE_STARTED, the atomic
+# write of the image (written, then a second before the rename); EXIT_STARTED, an atexit
+# callback (a second, while Python shuts down).
+SLOWED = """
+import atexit, contextlib, os, runpy, sys, time
+from pathlib import Path
+import stylize.engine.imageio as imageio
+
+if "SAVE_STARTED" in os.environ:
+    original = imageio.atomic_write
+
+    @contextlib.contextmanager
+    def slow_atomic_write(path, *args, **kwargs):
+        with original(path, *args, **kwargs) as file:
+            yield file
+            file.flush()
+            Path(os.environ["SAVE_STARTED"]).write_text(str(path))
+            time.sleep(1)
+
+    imageio.atomic_write = slow_atomic_write
+
+if "EXIT_STARTED" in os.environ:
+    @atexit.register
+    def slow_exit():
+        Path(os.environ["EXIT_STARTED"]).write_text("exiting")
+        time.sleep(1)
+
+sys.argv[0] = "stylize"
+runpy.run_module("stylize", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_optimize(vgg_home: Path, images, folder: Path, *, slow: str | None = None):
+    """`stylize optimize` in a subprocess, returned once it has traced three iterations; `slow`
+    ("SAVE_STARTED" or "EXIT_STARTED", see SLOWED) names the moment to slow down, whose marker
+    file is folder / slow."""
+    content, warm, _ = images
+    out, trace = folder / "result.png", folder / "trace.jsonl"
+    entry = ["-c", SLOWED] if slow else ["-m", "stylize"]
+    command = [sys.executable, *entry, "optimize", content, warm, "-o", out, "-q",
+               "--size", 48, "--scales", 2, "--iterations", 100000, "--trace", trace]  # fmt: skip
+    environment = {**os.environ, "STYLIZE_HOME": str(vgg_home)}
+    if slow:
+        environment[slow] = str(folder / slow)
+    process = subprocess.Popen(
+        [str(part) for part in command],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (trace.exists() and len(trace.read_text().splitlines()) >= 3):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no iterations traced within 60 s: {process.communicate()}")
+        time.sleep(0.1)
+    return process, out
+
+
+def finish(process: subprocess.Popen) -> tuple[str, str]:
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    return stdout, stderr
+
+
+def assert_complete(out: Path) -> None:
+    with Image.open(out) as image:
+        image.load()  # a truncated file fails here
+        assert image.size == (48, 32)
+
+
+def test_a_second_ctrl_c_right_after_the_first_still_saves(vgg_home, images, tmp_path):
+    process, out = start_optimize(vgg_home, images, tmp_path)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = finish(process)
+    assert stdout.strip() == str(out)
+    assert_complete(out)
+
+
+def test_a_second_ctrl_c_during_the_save_waits_for_it(vgg_home, images, tmp_path):
+    process, out = start_optimize(vgg_home, images, tmp_path, slow="SAVE_STARTED")
+    process.send_signal(signal.SIGINT)
+    wait_for(tmp_path / "SAVE_STARTED", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = finish(process)
+    assert "press Ctrl-C again to quit without it" in stderr
+    assert stdout.strip() == str(out)
+    assert_complete(out)
+
+
+def test_a_third_ctrl_c_quits_without_the_image_and_leaves_nothing(vgg_home, images, tmp_path):
+    process, out = start_optimize(vgg_home, images, tmp_path, slow="SAVE_STARTED")
+    process.send_signal(signal.SIGINT)
+    wait_for(tmp_path / "SAVE_STARTED", process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = finish(process)
+    assert "the image was not saved" in stderr
+    assert stdout == ""
+    assert not out.exists()
+    assert not list(tmp_path.glob(".result.png*"))  # no temporary left
+
+
+def test_a_second_ctrl_c_while_python_shuts_down_is_ignored(vgg_home, images, tmp_path):
+    process, out = start_optimize(vgg_home, images, tmp_path, slow="EXIT_STARTED")
+    process.send_signal(signal.SIGINT)
+    wait_for(tmp_path / "EXIT_STARTED", process)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = finish(process)  # no "Exception ignored in atexit callback"
+    assert stdout.strip() == str(out)
+    assert_complete(out)
+
+
+def wait_for(path: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path.name} did not come: {process.communicate()}")
+        time.sleep(0.01)

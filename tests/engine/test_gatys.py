@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +16,10 @@ from stylize.engine.gatys import (
 )
 from stylize.engine.imageio import load_image, to_tensor
 from stylize.engine.runtime import Runtime
+from stylize.engine.settings import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from stylize.errors import StylizeError
+
+DEFAULT_TAPS = DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +220,130 @@ def test_exploding_loss_is_reported_with_the_iteration():
     # The limit is 1000 times the larger of the first loss and the sum of the weights.
     with pytest.raises(StylizeError, match=r"exploded to 9000 at iteration 4 \(scale 1 of 1\)"):
         reports.flush()
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def available(monkeypatch):
+    """Sets what the memory guard sees as available: available(9.1e9)."""
+    from stylize.engine import memory
+
+    def set_available(bytes_: float, limit: str = "available on this machine") -> None:
+        value = memory.Available(int(bytes_), limit)
+        monkeypatch.setattr(memory, "available_memory", lambda device: value)
+
+    monkeypatch.delenv("STYLIZE_MEMORY_CHECK", raising=False)
+    return set_available
+
+
+def test_a_run_too_large_for_memory_is_refused_with_a_size_that_fits(
+    content, warm_style, available
+):
+    available(9.1e9)
+    with pytest.raises(StylizeError) as refused:
+        GatysTransfer(content, [warm_style], GatysSettings(size=4000, scales=1))
+    message = str(refused.value)
+    match = re.fullmatch(
+        r"optimize at 4000x2667 needs about (\d+\.\d) GB of memory, but 9\.1 GB is available on "
+        r"this machine: use --size (\d+) or smaller",
+        message,
+    )
+    assert match, message
+    assert float(match[1]) > 9.1
+    # The size it suggests passes the same check, with the same default scale count.
+    suggested = int(match[2])
+    assert 1500 < suggested < 4000
+    GatysTransfer(content, [warm_style], GatysSettings(size=suggested, scales=1))
+
+
+def test_adam_is_suggested_where_it_fits_and_the_check_can_be_turned_off(
+    content, warm_style, available, monkeypatch
+):
+    from stylize.engine import memory
+
+    lbfgs = memory.optimize_estimate(
+        (2000, 1333), [(2000, 2000)], taps=DEFAULT_TAPS, optimizer="lbfgs"
+    ).total
+    adam = memory.optimize_estimate(
+        (2000, 1333), [(2000, 2000)], taps=DEFAULT_TAPS, optimizer="adam"
+    ).total
+    available((lbfgs + adam) / 2)
+    with pytest.raises(StylizeError, match=r"or --optimizer adam, which keeps no L-BFGS history"):
+        GatysTransfer(content, [warm_style], GatysSettings(size=2000))
+    GatysTransfer(content, [warm_style], GatysSettings(size=2000, optimizer="adam"))
+    monkeypatch.setenv("STYLIZE_MEMORY_CHECK", "0")
+    GatysTransfer(content, [warm_style], GatysSettings(size=2000))
+
+
+def test_huge_style_images_are_refused_with_a_style_scale_that_fits(content, warm_style, available):
+    available(2e9)
+    with pytest.raises(StylizeError) as refused:
+        GatysTransfer(content, [warm_style], GatysSettings(size=256, style_scale=100))
+    match = re.search(r"--style-scale (\d+(\.\d+)?) or less", str(refused.value))
+    assert match, refused.value
+    GatysTransfer(content, [warm_style], GatysSettings(size=256, style_scale=float(match[1])))
+
+
+ALLOCATOR_FAILURE = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
+    "tried to allocate 14231732224 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "stage", "message"),
+    [
+        (
+            RuntimeError(ALLOCATOR_FAILURE),
+            "image",
+            "ran out of memory at 64x43 (scale 2 of 2) on cpu: an allocation of 14.2 GB failed; "
+            "use a smaller --size, or --optimizer adam",
+        ),
+        (
+            MemoryError(),
+            "image",
+            "ran out of memory at 64x43 (scale 2 of 2) on cpu: an allocation failed; use a "
+            "smaller --size, or --optimizer adam",
+        ),
+        (
+            torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+            "style",
+            "ran out of memory computing the style targets at 64x43 (scale 2 of 2) on cpu, style "
+            "images up to 64x64: an allocation of 2.00 GiB failed; use a smaller --style-scale "
+            "or --size",
+        ),
+    ],
+)
+def test_running_out_of_memory_names_the_size_that_failed(
+    content, warm_style, weights, monkeypatch, error, stage, message
+):
+    from stylize.engine import gatys
+
+    class FailingAtTheLargestScale(gatys.VGGFeatures):
+        def forward(self, image):
+            at_stage = image.requires_grad == (stage == "image")
+            if image.shape[-1] == 64 and at_stage:
+                raise error
+            return super().forward(image)
+
+    monkeypatch.setattr(gatys, "VGGFeatures", FailingAtTheLargestScale)
+    transfer = GatysTransfer(content, [warm_style], GatysSettings(size=64, scales=2, iterations=4))
+    with pytest.raises(StylizeError) as failed:
+        transfer.run(weights)
+    assert str(failed.value) == message
+    assert failed.value.__cause__ is None and failed.value.__context__ is None
+
+
+def test_other_runtime_errors_pass_through(content, warm_style, weights, monkeypatch):
+    from stylize.engine import gatys
+
+    class Broken(gatys.VGGFeatures):
+        def forward(self, image):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(gatys, "VGGFeatures", Broken)
+    transfer = GatysTransfer(content, [warm_style], GatysSettings(size=32, iterations=2))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        transfer.run(weights)

@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from stylize import __version__
-from stylize.cli import _console
+from stylize.cli import _console, _options
 from stylize.errors import StylizeError
 
 try:
@@ -33,11 +33,28 @@ class _ReportingGroup(TyperGroup):
         except Exception as error:
             if _console.debug_enabled():
                 raise
-            _console.error(
-                f"unexpected {type(error).__name__}: {error} "
-                "(for details, run again as 'stylize --debug COMMAND ...')"
-            )
+            from stylize.engine.memory import out_of_memory_detail
+
+            detail = out_of_memory_detail(error)
+            if detail is not None:
+                # MemoryError's message is often empty, an allocator's is a C++ assertion.
+                _console.error(
+                    f"out of memory: {detail}; use a smaller size or close other programs "
+                    "(for details, run again as 'stylize --debug COMMAND ...')"
+                )
+            else:
+                _console.error(
+                    f"unexpected {type(error).__name__}: {error} "
+                    "(for details, run again as 'stylize --debug COMMAND ...')"
+                )
             raise typer.Exit(1) from None
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        # Before any parsing: --help may be among the arguments.
+        _options.plain_flags(self, ctx)
+        if not ctx.resilient_parsing:  # shell completion parses half-typed lines
+            _options.refuse_flag_values(self, ctx, args)
+        return super().parse_args(ctx, args)
 
 
 app = typer.Typer(
@@ -94,4 +111,7 @@ _register()
 
 def main() -> None:
     """Console entry point."""
+    from stylize.atomic import install_sigterm_handler
+
+    install_sigterm_handler()  # SIGTERM ends stylize like Ctrl-C does: no temporaries left
     app()

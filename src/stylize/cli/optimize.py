@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from enum import Enum
@@ -166,48 +170,61 @@ def optimize(
     _refuse_collisions(
         output, trace, snapshots, inputs=[content, *styles, *([init_path] if init_path else [])]
     )
-    content_image = imageio.load_image(content)
-    style_images = [imageio.load_image(path).rgb for path in styles]
-    init_image = None if init_path is None else _load_init(init_path)
-    imageio.check_output_path(output, overwrite=overwrite)
-    _check_snapshot_paths(snapshots, overwrite)
-    runtime = Runtime.create(device, precision.value)
-    transfer = GatysTransfer(
-        content_image.rgb, style_images, settings, runtime=runtime, init_image=init_image
-    )
-
-    def save(image: Tensor, path: Path) -> Path:
-        return imageio.save_image(
-            imageio.to_image(image), path, alpha=content_image.alpha, overwrite=overwrite
-        )
-
-    with ExitStack() as stack:
-        trace_file = stack.enter_context(_open_trace(trace, overwrite)) if trace else None
-        report = stack.enter_context(_Report(quiet, trace_file))
-        width, height = transfer.sizes[-1]
-        _console.info(
-            f"optimizing {width}x{height} in {len(transfer.sizes)} scale(s) on {runtime.device} "
-            f"({runtime.precision_name})",
-            quiet,
-        )
+    with _Interrupts() as interrupts:
         try:
-            image = _run(
-                transfer,
-                report,
-                quiet,
-                snapshot_every,
-                lambda iteration, image: save(image, _snapshot_path(output, iteration)),
+            content_image = imageio.load_image(content)
+            style_images = [imageio.load_image(path).rgb for path in styles]
+            init_image = None if init_path is None else _load_init(init_path)
+            imageio.check_output_path(output, overwrite=overwrite)
+            _check_snapshot_paths(snapshots, overwrite)
+            runtime = Runtime.create(device, precision.value)
+            transfer = GatysTransfer(
+                content_image.rgb, style_images, settings, runtime=runtime, init_image=init_image
             )
+
+            def save(image: Tensor, path: Path) -> Path:
+                return imageio.save_image(
+                    imageio.to_image(image), path, alpha=content_image.alpha, overwrite=overwrite
+                )
+
+            with ExitStack() as stack:
+                trace_file = stack.enter_context(_open_trace(trace, overwrite)) if trace else None
+                report = stack.enter_context(_Report(quiet, trace_file))
+                width, height = transfer.sizes[-1]
+                _console.info(
+                    f"optimizing {width}x{height} in {len(transfer.sizes)} scale(s) on "
+                    f"{runtime.device} ({runtime.precision_name})",
+                    quiet,
+                )
+                try:
+                    image = _run(
+                        transfer,
+                        report,
+                        quiet,
+                        snapshot_every,
+                        lambda iteration, image: save(image, _snapshot_path(output, iteration)),
+                    )
+                    interrupts.saving()
+                except KeyboardInterrupt:
+                    # Also when it came just as the run ended: the image so far is the result.
+                    report.close()
+                    partial = transfer.current_image()
+                    if partial is None:
+                        interrupts.done()
+                        raise
+                    image = partial
+                    _console.warn("interrupted: saving the image so far")
+            written = save(image, output)
+            interrupts.done()
         except KeyboardInterrupt:
-            report.close()
-            partial = transfer.current_image()
-            if partial is None:
-                _console.warn("interrupted before the optimization started; nothing was saved")
-            else:
-                _console.warn("interrupted: saving the image so far")
-                _console.result(str(save(partial, output)))
+            _console.warn("interrupted before the optimization started; nothing was saved")
             raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
-    _console.result(str(save(image, output)))
+        except _SaveAbandoned:
+            _console.warn("interrupted again: the image was not saved")
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+    _console.result(str(written))
+    if interrupts.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)
 
 
 def _run(
@@ -217,23 +234,73 @@ def _run(
     snapshot_every: int,
     on_snapshot: Callable[[int, Tensor], object],
 ) -> Tensor:
-    import torch
-
     from stylize.store.registry import load_vgg19_weights
 
     with _console.download_progress("downloading vgg19", quiet) as on_download:
         weights = load_vgg19_weights(on_download)
-    try:
-        return transfer.run(weights, report, on_snapshot=on_snapshot, snapshot_every=snapshot_every)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-        # MPS reports running out of memory as a plain RuntimeError.
-        if not isinstance(error, torch.cuda.OutOfMemoryError) and "out of memory" not in str(error):
-            raise
-        width, height = transfer.sizes[-1]
-        raise StylizeError(
-            f"out of memory on {transfer.device} at {width}x{height} pixels: use a smaller "
-            "--size or more --scales"
-        ) from None
+    # Running out of memory is a StylizeError of the transfer, which names the size that failed.
+    return transfer.run(weights, report, on_snapshot=on_snapshot, snapshot_every=snapshot_every)
+
+
+class _SaveAbandoned(BaseException):
+    """A third Ctrl-C: quit without waiting for the image to be saved."""
+
+
+class _Interrupts:
+    """What Ctrl-C (SIGINT) does while optimize works.
+
+    The first one stops the optimization: it raises KeyboardInterrupt, as Python's own handler
+    would, and the image so far is saved. Once the image is being saved (the image so far, or
+    the result of a run that has just ended), a Ctrl-C only says so and the save goes on; the
+    one after that abandons the save (`_SaveAbandoned`; the atomic write leaves no file behind).
+    After an interrupted command SIGINT stays ignored until the process has exited, so no
+    Ctrl-C can break into Python's shutdown (an atexit callback) with a traceback. Outside the
+    main thread signals cannot be handled, and Python's default stays."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._phase = "running"  # then "saving", then "done"
+        self._warned = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._installed:
+            return
+        # Interrupted, the process is on its way out: nothing may interrupt that.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.interrupted else self._previous)
+
+    def saving(self) -> None:
+        """The optimization is over: a Ctrl-C no longer stops it, it waits for the save."""
+        if self._phase == "running":
+            self._phase = "saving"
+
+    def done(self) -> None:
+        """The image is written: a Ctrl-C changes nothing any more."""
+        self._phase = "done"
+
+    def _handle(self, number: int, frame: object) -> None:
+        first = not self.interrupted
+        self.interrupted = True
+        if self._phase == "running" and first:
+            self._phase = "saving"
+            raise KeyboardInterrupt
+        if self._phase == "done":
+            return
+        if not self._warned:
+            self._warned = True
+            # Straight to the file descriptor: the handler may run in the middle of anything,
+            # Rich's own printing (or its lazy imports) included, which must not be re-entered.
+            with contextlib.suppress(OSError):
+                os.write(2, b"warning: saving the image; press Ctrl-C again to quit without it\n")
+            return
+        raise _SaveAbandoned
 
 
 class _Report:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from stylize.engine import imageio
+from stylize.engine import imageio, memory
 from stylize.engine.color import preserve_color
 from stylize.engine.objective import PerceptualObjective
 from stylize.engine.runtime import Runtime
@@ -104,21 +104,25 @@ class GatysTransfer:
         self._style_layers = check_taps(settings.style_layers)
         scales = settings.scales or default_scale_count(settings.size)
         self.iterations = split_iterations(settings.iterations, scales)
-        self._contents = [
-            imageio.resize_long_edge(content, edge) for edge in scale_edges(settings.size, scales)
-        ]
+        edges = scale_edges(settings.size, scales)
+        # Sizes first: checking them (and the memory they take) needs no resized image.
+        sizes = [_fitted(content.size, edge) for edge in edges]
+        originals = [style.size for style in styles]
+        style_sizes = [_style_sizes(originals, size, settings.style_scale) for size in sizes]
+        self._check_sizes(sizes, style_sizes)
+        self._check_memory(content.size, originals)
+        self._contents = [imageio.resize_long_edge(content, edge) for edge in edges]
         self._styles = [
             [
-                imageio.resize_long_edge(
-                    style, max(1, round(max(scaled.size) * settings.style_scale))
-                )
-                for style in styles
+                imageio.resize_long_edge(style, max(scaled))
+                for style, scaled in zip(styles, each, strict=True)
             ]
-            for scaled in self._contents
+            for each in style_sizes
         ]
-        self._check_sizes()
         self._init_image = init_image
         self._image: Tensor | None = None
+        # Where the run is, for an out-of-memory message: (scale, "style" or "image").
+        self._stage: tuple[int, str] | None = None
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -139,18 +143,41 @@ class GatysTransfer:
         scale's progress and `scale`, `scales`, `width`, `height`, `iteration` (counted over
         all scales), the weighted losses `content`, `style`, `tv`, `loss` (their sum) and
         `elapsed` seconds. `on_snapshot(iteration, image)` receives the image every
-        `snapshot_every` iterations."""
+        `snapshot_every` iterations.
+
+        Running out of memory anyway (the estimate checked before was wrong, or something else
+        took the memory meanwhile) is a StylizeError that names the size that failed."""
+        try:
+            return self._run(vgg_weights, on_progress, on_snapshot, snapshot_every)
+        except Exception as error:
+            detail = memory.out_of_memory_detail(error)
+            if detail is None:
+                raise
+            message = self._out_of_memory_message(detail)
+        # Raised outside the handler, so the failed allocation's tensors can go at once.
+        raise StylizeError(message)
+
+    def _run(
+        self,
+        vgg_weights: Mapping[str, Tensor],
+        on_progress: ProgressCallback | None,
+        on_snapshot: SnapshotCallback | None,
+        snapshot_every: int,
+    ) -> Tensor:
+        self._stage = None
         vgg = VGGFeatures(
             vgg_weights, self._content_layers + self._style_layers, self.settings.pooling
         ).to(self.device)
         started = time.perf_counter()
         iteration = 0
         for scale, iterations in enumerate(self.iterations):
+            self._stage = (scale, "style")
             content = imageio.to_tensor(self._contents[scale], self.device)
             if self.settings.preserve_color:
                 content = _luminance(content)
             self._image = self._starting_image(scale, content)
             objective = self._objective(vgg, content, scale)
+            self._stage = (scale, "image")
             step = self._stepper(objective)
             reports = _Reports(
                 on_progress,
@@ -183,6 +210,11 @@ class GatysTransfer:
         assert final is not None
         return final
 
+    @property
+    def style_sizes(self) -> list[list[tuple[int, int]]]:
+        """(width, height) of each style image at each scale, coarsest first."""
+        return [[image.size for image in styles] for styles in self._styles]
+
     def current_image(self) -> Tensor | None:
         """The image so far at the output size, colors handled as asked; None before `run`."""
         if self._image is None:
@@ -202,29 +234,128 @@ class GatysTransfer:
         # L-BFGS reads every loss back anyway; on the CPU reading back costs nothing.
         return self.settings.optimizer == "lbfgs" or self.device.type == "cpu"
 
-    def _check_sizes(self) -> None:
+    def _check_sizes(
+        self, sizes: list[tuple[int, int]], style_sizes: list[list[tuple[int, int]]]
+    ) -> None:
         needed = min_input_size(self._content_layers + self._style_layers)
         needed_by_styles = min_input_size(self._style_layers)
-        count = len(self._contents)
+        count = len(sizes)
         size, scales, style_scale = (
             option_name(GatysSettings, name) for name in ("size", "scales", "style_scale")
         )
-        for scale, (content, styles) in enumerate(zip(self._contents, self._styles, strict=True)):
+        for scale, (content, styles) in enumerate(zip(sizes, style_sizes, strict=True)):
             where = f"at scale {scale + 1} of {count}" if count > 1 else f"at this {size}"
             fewer_scales = f" or fewer {scales}" if count > 1 else ""
-            if min(content.size) < needed:
+            if min(content) < needed:
                 raise StylizeError(
-                    f"the content image is {content.width}x{content.height} pixels {where}, too "
+                    f"the content image is {content[0]}x{content[1]} pixels {where}, too "
                     f"small for the VGG19 layers used (at least {needed} pixels a side): use a "
                     f"larger {size}{fewer_scales}"
                 )
             for style in styles:
-                if min(style.size) < needed_by_styles:
+                if min(style) < needed_by_styles:
                     raise StylizeError(
-                        f"a style image is {style.width}x{style.height} pixels {where}, too small "
+                        f"a style image is {style[0]}x{style[1]} pixels {where}, too small "
                         f"for the style layers (at least {needed_by_styles} pixels a side): use a "
                         f"larger {style_scale} or {size}{fewer_scales}"
                     )
+
+    def _estimate(
+        self,
+        content: tuple[int, int],
+        styles: Sequence[tuple[int, int]],
+        *,
+        size: int | None = None,
+        style_scale: float | None = None,
+        optimizer: str | None = None,
+    ) -> memory.Estimate:
+        """The memory estimate of the largest scale, at this run's settings or at another
+        `size`, `style_scale` or `optimizer`."""
+        settings = self.settings
+        output = _fitted(content, settings.size if size is None else size)
+        scale = settings.style_scale if style_scale is None else style_scale
+        return memory.optimize_estimate(
+            output,
+            _style_sizes(styles, output, scale),
+            taps=self._content_layers + self._style_layers,
+            optimizer=optimizer or settings.optimizer,
+            reduced_precision=self.runtime.dtype is not None,
+        )
+
+    def _check_memory(self, content: tuple[int, int], styles: Sequence[tuple[int, int]]) -> None:
+        """StylizeError, before anything is allocated, when the largest scale will not fit in
+        what the device has left; the message says what would."""
+        if not memory.checks_enabled():
+            return
+        available = memory.available_memory(self.device)
+        if available is None:
+            return
+        estimate = self._estimate(content, styles)
+        if estimate.total <= available.bytes:
+            return
+        settings = self.settings
+        size, style_scale, optimizer = (
+            option_name(GatysSettings, name) for name in ("size", "style_scale", "optimizer")
+        )
+        advice = []
+        style_bound = estimate.style_pass > estimate.image_pass + estimate.optimizer_state
+        largest = memory.largest_fitting(
+            lambda edge: self._estimate(content, styles, size=edge).total <= available.bytes,
+            min_input_size(self._content_layers + self._style_layers),
+            settings.size,
+        )
+        if largest is not None:
+            advice.append(f"{size} {memory.round_down(largest)} or smaller")
+        if style_bound:
+            percent = memory.largest_fitting(
+                lambda hundredths: (
+                    self._estimate(content, styles, style_scale=hundredths / 100).total
+                    <= available.bytes
+                ),
+                1,
+                max(1, math.floor(settings.style_scale * 100)),
+            )
+            if percent is not None:  # what does not fit is the style images: say that first
+                advice.insert(0, f"{style_scale} {percent / 100:g} or less")
+        if settings.optimizer == "lbfgs":
+            adam = self._estimate(content, styles, optimizer="adam").total
+            if adam <= available.bytes:
+                advice.append(
+                    f"{optimizer} adam, which keeps no L-BFGS history "
+                    f"(about {memory.format_bytes(adam)})"
+                )
+        width, height = _fitted(content, settings.size)
+        memory.check_fits(
+            estimate.total,
+            available,
+            f"optimize at {width}x{height}",
+            f"use {', or '.join(advice)}" if advice else "close other programs to free memory",
+        )
+
+    def _out_of_memory_message(self, detail: str) -> str:
+        size, style_scale, optimizer = (
+            option_name(GatysSettings, name) for name in ("size", "style_scale", "optimizer")
+        )
+        if self._stage is None:
+            return (
+                f"ran out of memory loading the VGG19 loss network on {self.device}: {detail}; "
+                "close other programs to free memory"
+            )
+        scale, stage = self._stage
+        width, height = self.sizes[scale]
+        count = len(self.sizes)
+        where = f"{width}x{height}" + (f" (scale {scale + 1} of {count})" if count > 1 else "")
+        if stage == "style":
+            style_width, style_height = max(self.style_sizes[scale], key=lambda s: s[0] * s[1])
+            return (
+                f"ran out of memory computing the style targets at {where} on {self.device}, "
+                f"style images up to {style_width}x{style_height}: {detail}; use a smaller "
+                f"{style_scale} or {size}"
+            )
+        adam = f", or {optimizer} adam" if self.settings.optimizer == "lbfgs" else ""
+        return (
+            f"ran out of memory at {where} on {self.device}: {detail}; use a smaller {size}{adam}"
+        )
 
     def _starting_image(self, scale: int, content: Tensor) -> Tensor:
         """The first scale's initialization, or the previous scale's result upsampled."""
@@ -423,6 +554,21 @@ class _Reports:
                 )
         self._pending.clear()
         self._last_flush = time.perf_counter()
+
+
+def _fitted(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    """The (width, height) `imageio.resize_long_edge` gives an image of `size`."""
+    width, height = size
+    scale = long_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _style_sizes(
+    styles: Sequence[tuple[int, int]], content: tuple[int, int], style_scale: float
+) -> list[tuple[int, int]]:
+    """The sizes of the style images next to a content image of size `content`."""
+    edge = max(1, round(max(content) * style_scale))
+    return [_fitted(style, edge) for style in styles]
 
 
 def _stretched(image: Image.Image, width: int, height: int) -> Image.Image:
