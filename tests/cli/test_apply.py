@@ -333,6 +333,14 @@ def test_an_output_with_a_suffix_that_is_no_image_type_is_a_folder(
     assert (tmp_path / name).is_dir()
 
 
+def test_a_trailing_separator_makes_an_image_name_a_folder(cli, style, make_image, tmp_path):
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", style, "-o", f"{tmp_path / 'out.png'}/")
+    assert result.exit_code == 0, result.stderr
+    assert written(result) == [str(tmp_path / "out.png" / "photo.tiny.png")]
+    assert (tmp_path / "out.png").is_dir()
+
+
 def test_a_run_where_every_input_fails_leaves_no_output_folder(cli, style, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -316,3 +316,14 @@ def test_results_go_to_stdout_when_it_is_not_the_terminal(pty_streams, clock, mo
     shown = [line for line in screen(finish(), 60) if line]
     assert piped.getvalue() == "styled/photo0.png\nstyled/photo1.png\n"
     assert len(shown) == 1 and shown[0].startswith("stylizing ")
+
+
+def test_hashing_a_copy_already_there_is_shown_as_checking(shown, clock):
+    def run() -> None:
+        with _console.download_progress("downloading vgg19") as update:
+            for chunk in range(1, 5):
+                clock.now += 0.1
+                update(chunk * 100_000_000, 574_673_361, phase="checking")
+
+    (line,) = shown(100, run)
+    assert line.startswith("checking vgg19 ") and "downloading" not in line

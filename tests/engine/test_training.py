@@ -551,3 +551,15 @@ def test_full_disks_are_worded_the_same_whoever_reports_them() -> None:
     )
     assert failure_reason(MemoryError(), "cpu") == "out of memory on cpu"
     assert failure_reason(ValueError("")) == "ValueError"
+
+
+def test_a_checkpoint_holding_objects_is_refused_without_advice_to_unpickle(tmp_path: Path) -> None:
+    from stylize.engine.training.checkpoints import read_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "step": 3, "settings": Path("x")}, path)  # a Path is no tensor
+    with pytest.raises(StylizeError) as refused:
+        read_checkpoint(path)
+    message = str(refused.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert "holds Python objects other than tensors" in message

@@ -96,10 +96,13 @@ def download_progress(description: str, quiet: bool = False) -> Iterator[Progres
         shown: list[tuple[Progress, TaskID]] = []
 
         def update(completed: float, total: float | None = None, **values: object) -> None:
+            # The store hashes a copy it already has (torch hub's) as phase "checking".
+            checking = values.get("phase") == "checking"
+            label = description.replace("downloading", "checking", 1) if checking else description
             if not shown:
-                shown.append(stack.enter_context(_task(description, total, kind=_BYTES)))
+                shown.append(stack.enter_context(_task(label, total, kind=_BYTES)))
             bars, task = shown[0]
-            bars.update(task, completed=completed, total=total)
+            bars.update(task, completed=completed, total=total, description=label)
 
         yield update
 

@@ -81,7 +81,7 @@ def positive_number(value: float | None) -> float | None:
     return value
 
 
-def not_stdout(path: Path | None) -> Path | None:
+def not_stdout(path: str | Path | None) -> str | Path | None:
     """Typer callback for an output path: "-" would be a file named "-", not standard output."""
     if path is not None and str(path) == "-":
         raise typer.BadParameter("writing images to standard output is not supported; give a path")

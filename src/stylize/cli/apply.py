@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -73,7 +74,9 @@ def apply(
         ),
     ] = DEFAULT_STYLE_SIZE,
     output: Annotated[
-        Path | None,
+        # A string, not a Path: a Path drops the trailing separator that marks `out.png/` as
+        # a folder.
+        str | None,
         typer.Option(
             "--output",
             "-o",
@@ -148,13 +151,14 @@ def apply(
 
     refs = [parse_style(text) for text in style]
     weights = parse_blend(style_blend, len(refs))
-    jobs = _plan(inputs, output, recursive, blend_label(refs))
+    target = None if output is None else _Output(Path(output), output.endswith(("/", os.sep)))
+    jobs = _plan(inputs, target, recursive, blend_label(refs))
     jobs = _check_targets(
         jobs,
         overwrite=overwrite,
         skip_existing=skip_existing,
         quiet=quiet,
-        folders_created=output is not None and not _names_a_file(output),
+        folders_created=target is not None and not target.names_a_file,
     )
     if not jobs:
         return
@@ -248,7 +252,9 @@ def _read_painting(path: Path) -> Tensor:
     return to_tensor(load_image(path).rgb)
 
 
-def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) -> list[_Job]:
+def _plan(
+    inputs: list[Path], destination: _Output | None, recursive: bool, label: str
+) -> list[_Job]:
     """The input files and where each result goes."""
     from stylize.engine.imageio import find_images
 
@@ -272,7 +278,8 @@ def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) 
     if not sources:
         raise StylizeError("no images to stylize")
 
-    if output is not None and _names_a_file(output):
+    output = None if destination is None else destination.path
+    if destination is not None and destination.names_a_file:
         if len(sources) == 1 and inputs[0].is_file():
             return [_Job(inputs[0], output)]
         raise typer.BadParameter(
@@ -291,14 +298,26 @@ def _plan(inputs: list[Path], output: Path | None, recursive: bool, label: str) 
     return jobs
 
 
-def _names_a_file(output: Path) -> bool:
-    """Whether `-o` names an output file rather than a folder: it has an image suffix (`.png`;
-    `out.v2` is a folder) and is not an existing folder. A trailing separator (`out.png/`)
-    cannot tell, since the path arrives without it."""
-    from stylize.engine.imageio import IMAGE_SUFFIXES
+@dataclass(frozen=True)
+class _Output:
+    """Where `-o` points: `path`, and whether it was written with a trailing separator."""
 
-    suffix = output.suffix.lower()
-    return (suffix in IMAGE_SUFFIXES or _writable(suffix)) and not output.is_dir()
+    path: Path
+    trailing_separator: bool
+
+    @property
+    def names_a_file(self) -> bool:
+        """Whether `-o` names an output file rather than a folder: it has an image suffix
+        (`.png`; `out.v2` is a folder), no trailing separator (`out.png/` is a folder) and is
+        not an existing folder."""
+        from stylize.engine.imageio import IMAGE_SUFFIXES
+
+        suffix = self.path.suffix.lower()
+        return (
+            (suffix in IMAGE_SUFFIXES or _writable(suffix))
+            and not self.trailing_separator
+            and not self.path.is_dir()
+        )
 
 
 def _writable(suffix: str) -> bool:

@@ -21,7 +21,7 @@ from stylize.atomic import atomic_path, atomic_write
 from stylize.engine.settings import TrainSettings
 from stylize.engine.training.data import TrainingData
 from stylize.engine.training.failures import CheckpointWriteError, write_problem
-from stylize.errors import StylizeError
+from stylize.errors import StylizeError, torch_load_refusal
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -44,7 +44,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise StylizeError(f"cannot read checkpoint {path}: {error}") from None
+        raise StylizeError(f"cannot read checkpoint {path}: {torch_load_refusal(error)}") from None
     if (
         not isinstance(state, dict)
         or state.get("format") != CHECKPOINT_FORMAT
