@@ -216,6 +216,21 @@ def test_catalog_style_is_downloaded_on_first_use(
     assert written(second) == [str(photo.with_name("photo.candy.png"))]
 
 
+def test_a_rejected_torch_hub_copy_is_reported_on_the_console(
+    cli, make_image, tmp_path, local_catalog, http_server, stylize_home
+):
+    served = tmp_path / "candy.pth"
+    torch.save(random_style_net(seed=5, config=TINY).state_dict(), served)
+    local_catalog.serve("candy", served)
+    hub_copy = stylize_home / "torch-home" / "hub" / "checkpoints" / "candy.pth"
+    hub_copy.parent.mkdir(parents=True)
+    hub_copy.write_bytes(b"not the published file")
+    result = cli("apply", make_image("photo.png"), "-s", "candy")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: ignoring" in result.stderr and "candy.pth" in result.stderr
+    assert http_server.requests["files/candy.pth"] == 1  # downloaded instead
+
+
 def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_home):
     photo = make_image("photo.png")
     code = (

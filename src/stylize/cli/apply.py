@@ -170,7 +170,13 @@ def apply(
     paintings = [_read_painting(ref.image) for ref in refs if ref.image is not None]
     runtime = Runtime.create(device, precision.value)
     with _console.download_progress("downloading the style network", quiet) as on_download:
-        loaded = load_styles(refs, weights, on_progress=on_download)
+        loaded = load_styles(
+            refs,
+            weights,
+            on_progress=on_download,
+            on_warning=_console.warn,
+            on_info=lambda message: _console.info(message, quiet),
+        )
     stylizers = _Stylizers(loaded, paintings, runtime, tile_size, style_size, strength)
     created = _create_folders(jobs)
     runner = _Runner(

@@ -237,7 +237,7 @@ def _run(
     from stylize.store.registry import load_vgg19_weights
 
     with _console.download_progress("downloading vgg19", quiet) as on_download:
-        weights = load_vgg19_weights(on_download)
+        weights = load_vgg19_weights(on_download, on_warning=_console.warn)
     # Running out of memory is a StylizeError of the transfer, which names the size that failed.
     return transfer.run(weights, report, on_snapshot=on_snapshot, snapshot_every=snapshot_every)
 

@@ -82,7 +82,12 @@ def sheet(
     with _console.progress("stylizing", len(refs), quiet) as on_progress:
         for done, ref in enumerate(refs):
             with _console.download_progress("downloading the style network", quiet) as fetch:
-                loaded = load_styles([ref], on_progress=fetch)
+                loaded = load_styles(
+                    [ref],
+                    on_progress=fetch,
+                    on_warning=_console.warn,
+                    on_info=lambda message: _console.info(message, quiet),
+                )
             if loaded.family == ARBITRARY:
                 paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
                 painting = PaintingStyle(

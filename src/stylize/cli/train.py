@@ -306,4 +306,4 @@ def _vgg19_weights(quiet: bool) -> dict[str, Tensor]:
     from stylize.store.registry import load_vgg19_weights
 
     with _console.download_progress("downloading vgg19", quiet) as update:
-        return load_vgg19_weights(update)
+        return load_vgg19_weights(update, on_warning=_console.warn)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 ProgressCallback = Callable[..., None]
+MessageCallback = Callable[[str], None]
 
 ARBITRARY_NETWORK = "arbitrary"
 _INDEXED = re.compile(r"(?P<network>[a-z0-9][a-z0-9_-]{0,63}):(?P<index>.*)")
@@ -148,8 +149,13 @@ def load_styles(
     refs: Sequence[StyleRef],
     weights: Sequence[float] | None = None,
     on_progress: ProgressCallback | None = None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
 ) -> LoadedStyles:
-    """Loads (downloading on first use) what `refs` blended by `weights` need."""
+    """Loads (downloading on first use) what `refs` blended by `weights` need; the callbacks
+    follow a download as for `registry.pull_model`."""
+    messages = {"on_warning": on_warning, "on_info": on_info}
     import torch
 
     if not refs:
@@ -157,7 +163,7 @@ def load_styles(
     mix = blend_weights(len(refs), weights)
     label = blend_label(refs)
     if all(ref.image is not None for ref in refs):
-        tensors, _ = _installed(ARBITRARY_NETWORK, ARBITRARY, on_progress)
+        tensors, _ = _installed(ARBITRARY_NETWORK, ARBITRARY, on_progress, **messages)
         from stylize.engine.arbitrary import load_arbitrary
 
         predictor, network = load_arbitrary(tensors)
@@ -178,7 +184,7 @@ def load_styles(
         tensors, meta = convert_style_file(ref.file)
     else:
         assert ref.network is not None
-        tensors, meta = _installed(ref.network, None, on_progress)
+        tensors, meta = _installed(ref.network, None, on_progress, **messages)
     family = family_of(meta)
     where = ref.network or str(ref.file)
     if family == JOHNSON:
@@ -224,7 +230,12 @@ def style_names(network: str) -> dict[int, str]:
 
 
 def _installed(
-    name: str, family: str | None, on_progress: ProgressCallback | None
+    name: str,
+    family: str | None,
+    on_progress: ProgressCallback | None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and metadata of the installed style network `name`, pulling a catalog
     entry on first use."""
@@ -241,7 +252,7 @@ def _installed(
         if entry.kind != "style":
             raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
         try:
-            path = pull(name, on_progress)
+            path = pull(name, on_progress, on_warning=on_warning, on_info=on_info)
         except DownloadError as error:
             # The error ends with how to install it without a download.
             raise StylizeError(f"the style network {name!r} is not installed: {error}") from None
