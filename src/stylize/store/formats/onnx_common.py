@@ -46,3 +46,23 @@ def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
         if attribute.name == name:
             return helper.get_attribute_value(attribute)
     return default
+
+
+def graph_index(
+    graph: onnx.GraphProto,
+) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """Lookups by value name for reading weights by structure: the constant values
+    (initializers and Constant nodes), the node producing each value, the nodes consuming it."""
+    constants: dict[str, onnx.TensorProto] = {tensor.name: tensor for tensor in graph.initializer}
+    producers: dict[str, onnx.NodeProto] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for output in node.output:
+            producers[output] = node
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and node.output:
+                constants[node.output[0]] = value
+    return constants, producers, consumers

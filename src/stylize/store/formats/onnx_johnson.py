@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stylize.errors import StylizeError
-from stylize.store.formats.onnx_common import attribute, float_array
+from stylize.store.formats.onnx_common import attribute, float_array, graph_index
 
 if TYPE_CHECKING:
     import onnx
@@ -32,15 +32,7 @@ class _OnnxNetwork:
     def __init__(self, graph: onnx.GraphProto, path: Path) -> None:
         self.graph = graph
         self.path = path
-        self.constants: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self.producers: dict[str, onnx.NodeProto] = {}
-        for node in graph.node:
-            for output in node.output:
-                self.producers[output] = node
-            if node.op_type == "Constant":
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None and node.output:
-                    self.constants[node.output[0]] = value
+        self.constants, self.producers, _ = graph_index(graph)
 
     def fail(self, reason: str) -> StylizeError:
         return StylizeError(f"{self.path} is not a supported style model: {reason}")

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from stylize.engine.multistyle import EPSILON, STYLES, expected_shapes
 from stylize.errors import StylizeError
-from stylize.store.formats.onnx_common import attribute, float_array, load_onnx
+from stylize.store.formats.onnx_common import attribute, float_array, graph_index, load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -85,18 +85,7 @@ class _MultiStyleGraph:
     def __init__(self, graph: onnx.GraphProto, path: Path) -> None:
         self.graph = graph
         self.path = path
-        self.constants: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
-        self.producers: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for output in node.output:
-                self.producers[output] = node
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-            if node.op_type == "Constant":
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                if value is not None and node.output:
-                    self.constants[node.output[0]] = value
+        self.constants, self.producers, self.consumers = graph_index(graph)
         inputs = [value for value in graph.input if value.name not in self.constants]
         self.image = next(value.name for value in inputs if len(_dims(value)) == 4)
         self.path_nodes = self._data_path()
