@@ -66,3 +66,15 @@ def graph_index(
             if value is not None and node.output:
                 constants[node.output[0]] = value
     return constants, producers, consumers
+
+
+def is_plain_conv(conv: onnx.NodeProto, stride: int) -> bool:
+    """Whether `conv` is an ordinary convolution of `stride`: one group, no dilation, and no
+    padding of its own (the networks pad by reflection in a node before it)."""
+    return (
+        attribute(conv, "group", 1) == 1
+        and set(attribute(conv, "dilations", [1])) == {1}
+        and set(attribute(conv, "strides", [1])) == {stride}
+        and not any(attribute(conv, "pads", [0]))
+        and attribute(conv, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stylize.errors import StylizeError
-from stylize.store.formats.onnx_common import attribute, float_array, graph_index
+from stylize.store.formats.onnx_common import attribute, float_array, graph_index, is_plain_conv
 
 if TYPE_CHECKING:
     import onnx
@@ -114,13 +114,7 @@ class _OnnxNetwork:
                 raise self.fail("its instance norms use another epsilon")
         for index, conv in enumerate(convs):
             stride = 2 if index in (1, 2) else 1
-            if (
-                attribute(conv, "group", 1) != 1
-                or set(attribute(conv, "dilations", [1])) != {1}
-                or set(attribute(conv, "strides", [1])) != {stride}
-                or any(attribute(conv, "pads", [0]))
-                or attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-            ):
+            if not is_plain_conv(conv, stride):
                 raise self.fail(f"convolution {index + 1} has other strides, groups or padding")
         for node in nodes:
             if node.op_type == "Pad" and attribute(node, "mode", b"constant") != b"reflect":

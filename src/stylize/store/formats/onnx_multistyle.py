@@ -26,7 +26,13 @@ from torch import Tensor
 
 from stylize.engine.multistyle import EPSILON, STYLES, expected_shapes
 from stylize.errors import StylizeError
-from stylize.store.formats.onnx_common import attribute, float_array, graph_index, load_onnx
+from stylize.store.formats.onnx_common import (
+    attribute,
+    float_array,
+    graph_index,
+    is_plain_conv,
+    load_onnx,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -143,13 +149,7 @@ class _MultiStyleGraph:
         return nodes
 
     def _check_conv(self, conv: onnx.NodeProto, index: int, stride: int) -> None:
-        if (
-            attribute(conv, "group", 1) != 1
-            or set(attribute(conv, "dilations", [1])) != {1}
-            or set(attribute(conv, "strides", [1])) != {stride}
-            or any(attribute(conv, "pads", [0]))
-            or attribute(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
-        ):
+        if not is_plain_conv(conv, stride):
             raise self.fail(f"convolution {index + 1} has other strides, groups or padding")
         pad = self.producers.get(_input(conv, 0))
         if pad is None or pad.op_type != "Pad" or attribute(pad, "mode", b"") != b"reflect":
