@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("av")
-
 import video_clips as clips
 
 from stylize.engine.video import (

@@ -77,11 +77,12 @@ def zoom(
 def moving_object(
     count: int, width: int, height: int, step: int = 3, side: int = 20
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """A square cut from the photo's other half sliding `step` pixels a frame to the right
+    """A square (the photo, small and inverted) sliding `step` pixels a frame to the right
     over the still photo. Returns frames, backward flows and non-occlusion masks (the
     background the square uncovers has no source in the previous frame)."""
     background = photo(width, height)
-    patch = np.ascontiguousarray(np.flip(photo(width, height), 1)[:side, :side])
+    # The photo inverted: an object that stands out, with texture for the flow to follow.
+    patch = np.ascontiguousarray(255 - photo(side, side))
     top = (height - side) // 2
     frames, flows, masks = [], [], []
     for t in range(count):
