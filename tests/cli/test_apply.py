@@ -257,7 +257,6 @@ def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_h
         ("--scale", "0"),
         ("--scale", "nan"),
         ("--scale", "inf"),
-        ("-o", "-"),
         ("--max-size", "8"),
         ("--tile-size", "32"),
         ("--batch-size", "0"),

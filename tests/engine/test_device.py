@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stylize.engine import device as device_module
+from stylize.engine import hardware as hardware_module
 from stylize.engine.device import pick_device, resolve_precision
 from stylize.errors import StylizeError
 
@@ -72,7 +73,7 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(device_module, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(hardware_module, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
     device_module._limit_cpu_threads.cache_clear()
     yield calls
     device_module._limit_cpu_threads.cache_clear()
@@ -86,7 +87,7 @@ def test_threads_capped_at_container_cpu_quota(
     thread_calls: list[int], cpu_max: str | None, expected_calls: list[int]
 ) -> None:
     if cpu_max is not None:
-        device_module.CGROUP_CPU_MAX.write_text(cpu_max)
+        hardware_module.CGROUP_CPU_MAX.write_text(cpu_max)
     pick_device("cpu")
     pick_device("cpu")
     assert thread_calls == expected_calls
@@ -95,7 +96,7 @@ def test_threads_capped_at_container_cpu_quota(
 def test_threads_left_alone_when_user_set_omp_num_threads(
     thread_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    device_module.CGROUP_CPU_MAX.write_text("100000 100000\n")
+    hardware_module.CGROUP_CPU_MAX.write_text("100000 100000\n")
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     pick_device("cpu")
     assert thread_calls == []

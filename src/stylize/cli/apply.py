@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import os
+import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stylize.cli import _console
+from stylize.cli._apply_run import Job as _Job
 from stylize.cli._options import (
     DeviceOption,
     Precision,
     PrecisionOption,
     QuietOption,
     StyleBlendOption,
-    not_stdout,
     parse_blend,
     positive_number,
 )
@@ -26,29 +27,29 @@ from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
     from PIL import Image
-    from torch import Tensor
 
     from stylize.engine.imageio import LoadedImage
-    from stylize.engine.inference import Stylizer
-    from stylize.engine.runtime import Runtime
-    from stylize.engine.styling import PaintingStyle
-    from stylize.store.styles import LoadedStyles
 
 # Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
 _FALLBACK_SUFFIX = ".png"
+# `-` as the input or the output: standard input or output.
+_PIPE = Path("-")
 
 
-@dataclass(frozen=True)
-class _Job:
-    source: Path
-    target: Path
+class ImageFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
 
 
 def apply(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            metavar="INPUT...", help="Image files and/or folders of images.", show_default=False
+            metavar="INPUT...",
+            help="Image files and/or folders of images; - reads one image from standard input.",
+            show_default=False,
         ),
     ],
     style: Annotated[
@@ -80,8 +81,17 @@ def apply(
         typer.Option(
             "--output",
             "-o",
-            callback=not_stdout,
-            help="Output file (one input) or folder. Default: STEM.STYLE.EXT beside each input.",
+            help="Output file (one input) or folder; - writes the image to standard output. "
+            "Default: STEM.STYLE.EXT beside each input (standard output for standard input).",
+            show_default=False,
+        ),
+    ] = None,
+    image_format: Annotated[
+        ImageFormat | None,
+        typer.Option(
+            "--format",
+            help="Format of the results that -o does not name: png for standard output, the "
+            "input's own format otherwise.",
             show_default=False,
         ),
     ] = None,
@@ -151,115 +161,105 @@ def apply(
 
     refs = [parse_style(text) for text in style]
     weights = parse_blend(style_blend, len(refs))
+    suffix = None if image_format is None else f".{image_format.value}"
     target = None if output is None else _Output(Path(output), output.endswith(("/", os.sep)))
-    jobs = _plan(inputs, target, recursive, blend_label(refs))
-    jobs = _check_targets(
-        jobs,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        quiet=quiet,
-        folders_created=target is not None and not target.names_a_file,
-    )
+    if _PIPE in inputs or (target is not None and target.path == _PIPE):
+        jobs = _piped_jobs(inputs, target, blend_label(refs), suffix)
+    else:
+        jobs = _plan(inputs, target, recursive, blend_label(refs), suffix)
+        jobs = _check_targets(
+            jobs,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            quiet=quiet,
+            folders_created=target is not None and not target.names_a_file,
+        )
     if not jobs:
         return
 
-    from stylize.engine.runtime import Runtime
-    from stylize.store.styles import load_styles
+    from stylize.cli._apply_run import Runner, Settings, make_stylizers
 
-    # Style pictures are read before anything is downloaded: a bad one fails at once.
-    paintings = [_read_painting(ref.image) for ref in refs if ref.image is not None]
-    runtime = Runtime.create(device, precision.value)
-    with _console.download_progress("downloading the style network", quiet) as on_download:
-        loaded = load_styles(
-            refs,
-            weights,
-            on_progress=on_download,
-            on_warning=_console.warn,
-            on_info=lambda message: _console.info(message, quiet),
-        )
-    stylizers = _Stylizers(loaded, paintings, runtime, tile_size, style_size, strength)
-    created = _create_folders(jobs)
-    runner = _Runner(
-        stylizers,
-        max_size=max_size,
-        scale=scale,
+    stylizers = make_stylizers(
+        refs,
+        weights,
+        device=device,
+        precision=precision.value,
+        tile_size=tile_size,
+        style_size=style_size,
         strength=strength,
-        preserve_color=preserve_color,
-        overwrite=overwrite,
         batch_size=batch_size,
+        jobs=len(jobs),
+        quiet=quiet,
     )
+    created = _create_folders(jobs)
+    settings = Settings(scale, strength, preserve_color, max_size)
+    runner = Runner(stylizers, settings, _read, _writer(overwrite, suffix))
     try:
         with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
-            for job in jobs:
-                runner.add(job)
-                on_progress(runner.finished)
-            runner.flush()
-            on_progress(runner.finished)
+            runner.run(jobs, on_progress)
     finally:
         _remove_empty_folders(created)
     if runner.failed:
         raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
 
 
-class _Stylizers:
-    """The stylizer for each photo: one for all, except that an image style at a strength
-    below 1 mixes in each photo's own style vector, so each photo gets a network of its own."""
+def _piped_jobs(
+    inputs: list[Path], target: _Output | None, label: str, suffix: str | None
+) -> list[_Job]:
+    """The one job of a run that reads standard input or writes standard output."""
+    one_image = "standard output takes one image: give one image file as the input"
+    if len(inputs) > 1:
+        if _PIPE in inputs:
+            raise typer.BadParameter("- (standard input) must be the only input")
+        raise typer.BadParameter(one_image, param_hint="'--output'")
+    source = inputs[0]
+    if source != _PIPE and not source.is_file():
+        raise typer.BadParameter(one_image, param_hint="'--output'")
+    if target is None or target.path == _PIPE:
+        if sys.stdout.isatty():
+            raise typer.BadParameter(
+                "refusing to write an image to the terminal: redirect standard output "
+                "(> out.png) or give a file",
+                param_hint="'--output'",
+            )
+        return [_Job(source, _PIPE)]
+    if not target.names_a_file:
+        name = f"stdin.{label}{suffix or _FALLBACK_SUFFIX}"
+        return [_Job(source, target.path / name)]
+    return [_Job(source, target.path)]
 
-    def __init__(
-        self,
-        loaded: LoadedStyles,
-        paintings: list[Tensor],
-        runtime: Runtime,
-        tile_size: int | None,
-        style_size: int,
-        strength: float,
-    ) -> None:
-        from stylize.engine.inference import Stylizer
-        from stylize.store.convert import ARBITRARY
 
-        self.runtime, self.tile_size = runtime, tile_size
-        self.painting: PaintingStyle | None = None
-        if loaded.family != ARBITRARY:
-            self.fixed = Stylizer(loaded.fixed_network(), runtime, tile_size=tile_size)
+def _read(job: _Job) -> LoadedImage:
+    from stylize.engine.imageio import load_image, load_image_data
+
+    if job.source == _PIPE:
+        return load_image_data(sys.stdin.buffer.read(), "standard input")
+    return load_image(job.source)
+
+
+def _writer(overwrite: bool, suffix: str | None):
+    from stylize.engine.imageio import encode_image, save_image
+
+    def write(job: _Job, image: Image.Image, alpha: Image.Image | None) -> None:
+        if job.target != _PIPE:
+            save_image(image, job.target, alpha=alpha, overwrite=overwrite)
             return
-        from stylize.engine.styling import PaintingStyle
+        data = encode_image(image, suffix or _FALLBACK_SUFFIX, alpha=alpha)
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise StylizeError("standard output was closed before the image was written") from None
 
-        painting = PaintingStyle(
-            loaded.predictor,
-            loaded.network,
-            paintings,
-            loaded.mix,
-            device=runtime.device,
-            style_size=style_size,
-        )
-        self.fixed = Stylizer(painting.network_for(), runtime, tile_size=tile_size)
-        if strength < 1.0:
-            self.painting = painting
-
-    @property
-    def per_photo(self) -> bool:
-        """Whether each photo needs a network of its own (then batches are single)."""
-        return self.painting is not None
-
-    def __call__(self, content: Tensor, strength: float) -> tuple[Stylizer, float]:
-        """The stylizer for `content` and the pixel strength left for it to apply."""
-        from stylize.engine.inference import Stylizer
-
-        if self.painting is None:
-            # Image styles at full strength: strength 1 leaves no pixel blending either.
-            return self.fixed, strength
-        net = self.painting.network_for(content, strength)
-        return Stylizer(net, self.runtime, tile_size=self.tile_size), 1.0
-
-
-def _read_painting(path: Path) -> Tensor:
-    from stylize.engine.imageio import load_image, to_tensor
-
-    return to_tensor(load_image(path).rgb)
+    return write
 
 
 def _plan(
-    inputs: list[Path], destination: _Output | None, recursive: bool, label: str
+    inputs: list[Path],
+    destination: _Output | None,
+    recursive: bool,
+    label: str,
+    suffix: str | None = None,
 ) -> list[_Job]:
     """The input files and where each result goes."""
     from stylize.engine.imageio import find_images
@@ -294,8 +294,8 @@ def _plan(
         )
     jobs = []
     for file, root in sources.values():
-        suffix = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
-        name = f"{file.stem}.{label}{suffix}"
+        kept = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
+        name = f"{file.stem}.{label}{suffix or kept}"
         if output is None:
             target = file.with_name(name)
         else:
@@ -389,110 +389,3 @@ def _remove_empty_folders(created: list[Path]) -> None:
     for folder in reversed(created):
         with suppress(OSError):  # not empty: results were written there
             folder.rmdir()
-
-
-class _Runner:
-    """Loads, stylizes and saves images, batching consecutive ones of the same size."""
-
-    def __init__(
-        self,
-        stylizers: _Stylizers,
-        *,
-        max_size: int | None,
-        scale: float,
-        strength: float,
-        preserve_color: bool,
-        overwrite: bool,
-        batch_size: int,
-    ) -> None:
-        self.stylizers = stylizers
-        self.max_size = max_size
-        self.scale = scale
-        self.strength = strength
-        self.preserve_color = preserve_color
-        self.overwrite = overwrite
-        self.batch_size = 1 if stylizers.per_photo else batch_size
-        self.batch: list[tuple[_Job, LoadedImage, Tensor]] = []
-        self.finished = 0
-        self.failed = 0
-
-    def add(self, job: _Job) -> None:
-        from stylize.engine.imageio import load_image, to_tensor
-
-        try:
-            image = load_image(job.source)
-            rgb = image.rgb if self.max_size is None else _shrunk(image.rgb, self.max_size)
-            _check_scaled_size(rgb, self.scale)
-        except StylizeError as error:
-            self._fail(job, error)
-            return
-        content = to_tensor(rgb)
-        if self.batch and self.batch[0][2].shape != content.shape:
-            self.flush()
-        self.batch.append((job, image, content))
-        if len(self.batch) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        from stylize.engine.imageio import save_image, to_image
-
-        batch, self.batch = self.batch, []
-        if not batch:
-            return
-        try:
-            contents = _cat([content for _, _, content in batch])
-            stylizer, strength = self.stylizers(contents, self.strength)
-            results = stylizer(
-                contents, scale=self.scale, strength=strength, preserve_color=self.preserve_color
-            )
-        except StylizeError as error:
-            for job, _, _ in batch:
-                self._fail(job, error)
-            return
-        for (job, image, _), result in zip(batch, results, strict=True):
-            try:
-                save_image(
-                    to_image(result), job.target, alpha=image.alpha, overwrite=self.overwrite
-                )
-            except StylizeError as error:
-                self._fail(job, error)
-                continue
-            _console.result(str(job.target))
-            self.finished += 1
-
-    def _fail(self, job: _Job, error: StylizeError) -> None:
-        message = str(error)
-        _console.error(message if str(job.source) in message else f"{job.source}: {message}")
-        self.failed += 1
-        self.finished += 1
-
-
-def _shrunk(image: Image.Image, max_size: int) -> Image.Image:
-    """`image` with its long edge at most `max_size`, except that the short edge stays at least
-    as large as the model takes (so a very wide image keeps a longer long edge)."""
-    from stylize.engine.imageio import resize_long_edge
-    from stylize.engine.inference import MIN_IMAGE_SIZE
-
-    long_edge, short_edge = max(image.size), min(image.size)
-    target = max(max_size, math.ceil(MIN_IMAGE_SIZE * long_edge / short_edge))
-    return resize_long_edge(image, target) if target < long_edge else image
-
-
-def _check_scaled_size(image: Image.Image, scale: float) -> None:
-    """Refuses a --scale that would make the model's input larger than Pillow lets an image
-    be: the resized copy alone would need gigabytes."""
-    from PIL import Image
-
-    width, height = (round(side * scale) for side in image.size)
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        raise StylizeError(
-            f"--scale {scale:g} would run the model on {width}x{height} pixels, more than the "
-            f"{limit:,} an image may have; use a smaller --scale or --max-size"
-        )
-
-
-def _cat(tensors: list[Tensor]) -> Tensor:
-    import torch
-
-    return torch.cat(tensors)

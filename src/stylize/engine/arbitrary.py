@@ -201,6 +201,11 @@ class ArbitraryNet(nn.Module):
         self.deconv3 = ConvLayer(full, 3, 9)
         self.in6 = _ConditionalNorm(3)
 
+    @property
+    def conditioning_size(self) -> int:
+        """The length of the vector `bind` takes: a style vector."""
+        return STYLE_SIZE
+
     def bind(self, style: Tensor) -> BoundNet:
         """The network for one style vector (100,): its norms hold the computed scales and
         shifts (float32), its convolutions are this network's own (shared, not copied)."""

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
+from stylize.engine.hardware import cgroup_cpu_quota
 from stylize.errors import StylizeError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
-# Inside a container the cgroup namespace puts the container's own CPU limit here.
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CPUINFO = Path("/proc/cpuinfo")
 
 # x86 (AVX512-BF16, AMX) and Arm (FEAT_BF16) flags for bfloat16 arithmetic in hardware.
@@ -69,18 +68,9 @@ def _limit_cpu_threads() -> None:
     # A thread count the user set through OMP_NUM_THREADS is left alone.
     if "OMP_NUM_THREADS" in os.environ:
         return
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_quota()
     if quota is not None and torch.get_num_threads() > quota:
         torch.set_num_threads(quota)
-
-
-def _cgroup_cpu_quota() -> int | None:
-    """Whole CPUs allowed by a cgroup v2 quota ("max" or absent: no quota)."""
-    try:
-        limit, period = CGROUP_CPU_MAX.read_text().split()[:2]
-        return max(1, -(-int(limit) // int(period)))
-    except (OSError, ValueError):
-        return None
 
 
 def resolve_precision(device: torch.device, precision: str) -> torch.dtype | None:

@@ -11,7 +11,7 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -66,13 +66,25 @@ def load_image(path: str | Path) -> LoadedImage:
         raise StylizeError(f"image not found: {path}")
     if not path.is_file():
         raise StylizeError(f"not an image file: {path}")
+    return _decode(path, path)
+
+
+def load_image_data(data: bytes, name: str) -> LoadedImage:
+    """`load_image` for an image's bytes (from standard input, say); `name` stands for the
+    file in messages and in `LoadedImage.path`."""
+    if not data:
+        raise StylizeError(f"cannot read {name}: it is empty")
+    return _decode(io.BytesIO(data), Path(name))
+
+
+def _decode(source: Path | BinaryIO, path: Path) -> LoadedImage:
     try:
         # Pillow warns between MAX_IMAGE_PIXELS and twice that (about 179 megapixels), and raises
         # beyond. Large camera photos sit in the warning range, so only the error refuses.
         # Image.open only reads the header, so the size is checked before any pixel is decoded.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 upright = ImageOps.exif_transpose(opened)
                 icc_profile = opened.info.get("icc_profile")
     except Image.DecompressionBombError as error:
@@ -88,6 +100,26 @@ def load_image(path: str | Path) -> LoadedImage:
     if alpha is not None:
         rgb = Image.composite(rgb, Image.new("RGB", rgb.size, "white"), alpha)
     return LoadedImage(rgb=rgb, alpha=alpha, path=path)
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    """A (1, 3, H, W) float32 array with values in [0, 1]: `to_tensor` without PyTorch."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)[None]
+    return pixels.astype(np.float32) / np.float32(255)
+
+
+def array_to_image(array: np.ndarray) -> Image.Image:
+    """An RGB image from a (1, 3, H, W) or (3, H, W) array in [0, 1] (values outside clamp),
+    rounded as `to_image` rounds."""
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(
+            f"expected an image array of shape (1, 3, H, W) or (3, H, W), got {array.shape}"
+        )
+    pixels = np.rint(np.clip(array, 0, 1) * np.float32(255)).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
@@ -226,13 +258,34 @@ def save_image(
     path = Path(path)
     check_output_path(path, overwrite=overwrite)
     format_name = _OUTPUT_FORMATS[path.suffix.lower()]
-    image = image.convert("RGB")
-    if alpha is not None and format_name in _ALPHA_FORMATS:
-        image.putalpha(_resize(alpha.convert("L"), image.size))
     try:
         with atomic_write(path, overwrite=overwrite) as file:
-            image.save(file, format=format_name, **_SAVE_OPTIONS.get(format_name, {}))
+            _encode(image, file, format_name, alpha)
     except (OSError, ValueError) as error:
         # Pillow reports encoder limits (a WebP over 16383 pixels, say) as OSError or ValueError.
         raise StylizeError(f"cannot write {path}: {error}") from None
     return path
+
+
+def encode_image(image: Image.Image, suffix: str, *, alpha: Image.Image | None = None) -> bytes:
+    """`image` encoded as `save_image` would write it to a file with this suffix (".png")."""
+    format_name = _OUTPUT_FORMATS.get(suffix.lower())
+    if format_name is None:
+        raise StylizeError(
+            f"unsupported image type '{suffix}'; use one of {', '.join(sorted(OUTPUT_SUFFIXES))}"
+        )
+    buffer = io.BytesIO()
+    try:
+        _encode(image, buffer, format_name, alpha)
+    except (OSError, ValueError) as error:
+        raise StylizeError(f"cannot encode the image as {format_name}: {error}") from None
+    return buffer.getvalue()
+
+
+def _encode(
+    image: Image.Image, file: BinaryIO, format_name: str, alpha: Image.Image | None
+) -> None:
+    image = image.convert("RGB")
+    if alpha is not None and format_name in _ALPHA_FORMATS:
+        image.putalpha(_resize(alpha.convert("L"), image.size))
+    image.save(file, format=format_name, **_SAVE_OPTIONS.get(format_name, {}))

@@ -129,6 +129,11 @@ class MultiStyleNet(nn.Module):
     def styles(self) -> int:
         return int(self.norm1.scale.shape[0])
 
+    @property
+    def conditioning_size(self) -> int:
+        """The length of the vector `bind` takes: one weight per style."""
+        return self.styles
+
     def bind(self, weights: Tensor) -> StyleNet:
         """The network for one mix of styles: `weights` (26,), used as given (one-hot for a
         single style; callers normalize blends). The convolutions are shared, not copied."""

@@ -47,6 +47,8 @@ MIN_STYLE_SIZE = 64
 MAX_STYLE_SIZE = 1024
 # The transform network halves the image twice and doubles it back.
 SIZE_MULTIPLE = 4
+# The smallest side a style network takes: its quarter-resolution layers need a few pixels.
+MIN_IMAGE_SIZE = 16
 _MAX_CHANNELS = 1024
 _MAX_RESIDUAL_BLOCKS = 64
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,21 @@ def install_model(
     full_meta = {"license": "", "description": "", **meta, "name": name}
     with _installing(name, path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_model_file(path, tensors, full_meta, overwrite=overwrite)
+        write_model_file(path, tensors, full_meta, overwrite=overwrite)
+    if meta["kind"] == "style":
+        _export_graph(name, path)
+    return path
+
+
+def _export_graph(name: str, path: Path) -> None:
+    """Exports a style model's ONNX graph for the CPU path of apply, now that PyTorch is loaded
+    anyway. A network without an ONNX form, or a failure to write it, only means that apply
+    runs it on PyTorch (and tries to export it again, reporting what fails)."""
+    from stylize.store.compiled import compiled_graph
+
+    # Whatever fails here fails again, and is reported, where apply needs the graph.
+    with suppress(Exception):
+        compiled_graph(name, path)
 
 
 def check_install_name(name: str, kind: str, *, source: str, overwrite: bool) -> None:
@@ -498,8 +512,11 @@ def tidy_store() -> list[Path]:
     """Removes what processes killed outright (kill -9, power loss) left in the store: their
     temporary files in the models and download folders (see `stylize.atomic`); returns them.
     Pulls, imports and listings call it first."""
+    from stylize.store.compiled import tidy_graphs
+
     removed = remove_stale_temporaries(models_dir(), legacy=_LEGACY_MODEL_TEMPORARY)
-    return removed + remove_stale_temporaries(downloads_dir(), legacy=_LEGACY_DOWNLOAD_TEMPORARY)
+    removed += remove_stale_temporaries(downloads_dir(), legacy=_LEGACY_DOWNLOAD_TEMPORARY)
+    return removed + tidy_graphs(set(_installed_files()))
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Any] | None:

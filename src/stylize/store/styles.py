@@ -16,7 +16,7 @@ weights mix the network's style rows) or all images (their style vectors mix).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from stylize.errors import StylizeError
 from stylize.store import catalog
 from stylize.store.convert import ARBITRARY, JOHNSON, MULTISTYLE, convert_style_file, family_of
 from stylize.store.download import DownloadError
-from stylize.store.modelfile import read_model_file
+from stylize.store.modelfile import read_header, read_model_file, read_model_meta
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -34,6 +34,8 @@ ProgressCallback = Callable[..., None]
 MessageCallback = Callable[[str], None]
 
 ARBITRARY_NETWORK = "arbitrary"
+# The first norm's scale table of a multi-style network: one row per style.
+_STYLE_TABLE = "norm1.scale"
 _INDEXED = re.compile(r"(?P<network>[a-z0-9][a-z0-9_-]{0,63}):(?P<index>.*)")
 
 
@@ -173,51 +175,128 @@ def load_styles(
         raise StylizeError(
             "style images blend only with other style images, not with style networks"
         )
+    _check_one_network(refs)
+    ref = refs[0]
+    if ref.file is not None:
+        tensors, meta = convert_style_file(ref.file)
+        where, styles = str(ref.file), _styles_in(meta, tensors)
+        if family_of(meta) == MULTISTYLE:
+            raise StylizeError(
+                f"{where} holds {styles} styles: import it first ('stylize models import "
+                f"{where} --name NAME'), then use NAME:N"
+            )
+        vector = _style_vector(refs, mix, where, family_of(meta), styles)
+    else:
+        resolved = resolve_network_style(refs, weights, on_progress, **messages)
+        assert resolved is not None
+        tensors, meta = read_model_file(resolved.path)
+        where, vector = resolved.name, resolved.vector
+    network = network_of(tensors, meta)
+    family = family_of(meta)
+    mix_vector = None if vector is None else torch.tensor(vector, dtype=torch.float32)
+    return LoadedStyles(family, label, network, mix_vector)
+
+
+@dataclass(frozen=True)
+class NetworkStyle:
+    """Network styles resolved without loading the network (nor PyTorch): the installed model
+    `name` at `path`, and for a multi-style network the `vector` of style weights."""
+
+    label: str
+    name: str
+    path: Path
+    family: str
+    vector: tuple[float, ...] | None
+
+
+def resolve_network_style(
+    refs: Sequence[StyleRef],
+    weights: Sequence[float] | None = None,
+    on_progress: ProgressCallback | None = None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
+) -> NetworkStyle | None:
+    """What `load_styles` would load for styles of one installed (or catalog) network, checked
+    and pulled on first use but not loaded; None for style images and model files."""
+    if not refs:
+        raise StylizeError("give a style with --style")
+    if any(ref.network is None or ref.image is not None for ref in refs):
+        return None
+    mix = blend_weights(len(refs), weights)
+    _check_one_network(refs)
+    name = refs[0].network
+    assert name is not None
+    path = _installed_path(name, on_progress, on_warning=on_warning, on_info=on_info)
+    meta = read_model_meta(path)
+    if meta["kind"] != "style":
+        raise StylizeError(f"{name!r} is a {meta['kind']}, not a style model")
+    family = family_of(meta)
+    vector = _style_vector(refs, mix, name, family, _styles_in(meta, read_header(path)))
+    return NetworkStyle(blend_label(refs), name, path, family, vector)
+
+
+def network_of(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
+    """The float32 network a native style model holds: a `TransformerNet`, a `MultiStyleNet`
+    or (for the arbitrary-style pair) its `ArbitraryNet`."""
+    family = family_of(dict(meta))
+    if family == JOHNSON:
+        from stylize.engine.transformer import TransformerConfig, load_transformer
+
+        return load_transformer(tensors, TransformerConfig.from_dict(meta["architecture"]))
+    if family == MULTISTYLE:
+        from stylize.engine.multistyle import load_multistyle
+
+        return load_multistyle(tensors)
+    from stylize.engine.arbitrary import load_arbitrary
+
+    return load_arbitrary(tensors)[1]
+
+
+def _check_one_network(refs: Sequence[StyleRef]) -> None:
     networks = {ref.network or str(ref.file) for ref in refs}
     if len(refs) > 1 and (len(networks) > 1 or any(ref.index is None for ref in refs)):
         raise StylizeError(
             "styles blend only within one multi-style network (like -s starry -s great-wave, or "
             "-s multistyle26:3 -s multistyle26:7) or as style images"
         )
-    ref = refs[0]
-    if ref.file is not None:
-        tensors, meta = convert_style_file(ref.file)
-    else:
-        assert ref.network is not None
-        tensors, meta = _installed(ref.network, None, on_progress, **messages)
-    family = family_of(meta)
-    where = ref.network or str(ref.file)
-    if family == JOHNSON:
-        if ref.index is not None:
-            raise StylizeError(f"{where} has one style: use --style {where}, without ':N'")
-        from stylize.engine.transformer import TransformerConfig, load_transformer
 
-        config = TransformerConfig.from_dict(meta["architecture"])
-        return LoadedStyles(JOHNSON, label, load_transformer(tensors, config))
+
+def _styles_in(meta: Mapping[str, Any], shapes: Mapping[str, Any]) -> int:
+    """How many styles a network holds: 1, or the rows of a multi-style network's norm table
+    (`shapes` maps tensor names to tensors or to safetensors header entries)."""
+    if family_of(dict(meta)) != MULTISTYLE:
+        return 1
+    table = shapes.get(_STYLE_TABLE)
+    shape = table.get("shape") if isinstance(table, Mapping) else getattr(table, "shape", None)
+    if not shape:
+        raise StylizeError(f"a 26-style network without its table {_STYLE_TABLE}")
+    return int(shape[0])
+
+
+def _style_vector(
+    refs: Sequence[StyleRef], mix: Sequence[float], where: str, family: str, styles: int
+) -> tuple[float, ...] | None:
+    """The style weights of `refs` blended by `mix` for a multi-style network; None for a
+    single-style one. StylizeError when the refs do not suit the network."""
+    if family == JOHNSON:
+        if refs[0].index is not None:
+            raise StylizeError(f"{where} has one style: use --style {where}, without ':N'")
+        return None
     if family == ARBITRARY:
         raise StylizeError(f"{where} takes a style image: use --style painting.jpg")
-    from stylize.engine.multistyle import load_multistyle
-
-    network = load_multistyle(tensors)
-    if ref.file is not None:
-        raise StylizeError(
-            f"{where} holds {network.styles} styles: import it first ('stylize models import "
-            f"{where} --name NAME'), then use NAME:N"
-        )
     if any(ref.index is None for ref in refs):
         raise StylizeError(
-            f"{where} holds {network.styles} styles: pick one as {where}:N (N from 0 to "
-            f"{network.styles - 1}) or a named style (see 'stylize models info {where}')"
+            f"{where} holds {styles} styles: pick one as {where}:N (N from 0 to "
+            f"{styles - 1}) or a named style (see 'stylize models info {where}')"
         )
-    vector = torch.zeros(network.styles)
+    vector = [0.0] * styles
     for ref, weight in zip(refs, mix, strict=True):
         assert ref.index is not None
-        if not 0 <= ref.index < network.styles:
-            raise StylizeError(
-                f"{ref.text}: {where} has styles 0 to {network.styles - 1}, not {ref.index}"
-            )
+        if not 0 <= ref.index < styles:
+            raise StylizeError(f"{ref.text}: {where} has styles 0 to {styles - 1}, not {ref.index}")
         vector[ref.index] += weight
-    return LoadedStyles(MULTISTYLE, label, network, vector)
+    return tuple(vector)
 
 
 def style_names(network: str) -> dict[int, str]:
@@ -239,23 +318,7 @@ def _installed(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and metadata of the installed style network `name`, pulling a catalog
     entry on first use."""
-    from stylize.store.registry import model_path, pull
-
-    path = model_path(name)
-    if not path.exists():
-        entry = catalog.load_catalog().get(name)
-        if entry is None:
-            raise StylizeError(
-                f"no style named {name!r} is installed or in the catalog "
-                "(see 'stylize models list'; give a file as a path, like ./model.pth)"
-            )
-        if entry.kind != "style":
-            raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
-        try:
-            path = pull(name, on_progress, on_warning=on_warning, on_info=on_info)
-        except DownloadError as error:
-            # The error ends with how to install it without a download.
-            raise StylizeError(f"the style network {name!r} is not installed: {error}") from None
+    path = _installed_path(name, on_progress, on_warning=on_warning, on_info=on_info)
     tensors, meta = read_model_file(path)
     if meta["kind"] != "style":
         raise StylizeError(f"{name!r} is a {meta['kind']}, not a style model")
@@ -265,3 +328,31 @@ def _installed(
             f"'stylize models remove {name}' and try again"
         )
     return tensors, meta
+
+
+def _installed_path(
+    name: str,
+    on_progress: ProgressCallback | None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
+) -> Path:
+    """The file of the installed model `name`, pulling a catalog entry on first use."""
+    from stylize.store.registry import model_path, pull
+
+    path = model_path(name)
+    if path.exists():
+        return path
+    entry = catalog.load_catalog().get(name)
+    if entry is None:
+        raise StylizeError(
+            f"no style named {name!r} is installed or in the catalog "
+            "(see 'stylize models list'; give a file as a path, like ./model.pth)"
+        )
+    if entry.kind != "style":
+        raise StylizeError(f"{name!r} is a {entry.kind}, not a style model")
+    try:
+        return pull(name, on_progress, on_warning=on_warning, on_info=on_info)
+    except DownloadError as error:
+        # The error ends with how to install it without a download.
+        raise StylizeError(f"the style network {name!r} is not installed: {error}") from None

@@ -1,0 +1,256 @@
+"""Style networks as ONNX graphs, so that the CPU can stylize without PyTorch (`onnx_run.py`).
+
+The graph is written from the native modules, layer by layer, never from a second description
+of a network: every `StyleNet` is stages (a reflection-padded or upsampling convolution, an
+optional instance norm and an activation) and residual blocks (`stylenet.py`), and each of those
+has one ONNX form here. Anything else is refused with `ExportError`, and the caller stays on
+PyTorch.
+
+A conditional network (the 26-style network, the arbitrary-style transformer) is exported once
+for all its styles: its norms' scales and shifts are affine maps of a conditioning vector (style
+weights, a style vector), recovered by binding the network to the zero vector and to each unit
+vector, and checked at a random vector. The graph takes the vector as a second input, `style`.
+
+Inputs: `image` (N, 3, H, W) float32 in [0, 1], H and W multiples of 4 (and `style` (Z,)).
+Output: `stylized` (N, 3, H, W) float32, about [0, 1], not yet clamped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+from stylize.atomic import atomic_write
+from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer
+from stylize.engine.onnx_run import CHANNELS_KEY, GRAPH_VERSION, IMAGE_INPUT, OUTPUT, STYLE_INPUT
+from stylize.engine.stylenet import Stage, StyleNet, identity, relu, sigmoid
+from stylize.errors import StylizeError
+
+OPSET = 17
+_ACTIVATIONS: dict[Callable[[Tensor], Tensor], str | None] = {
+    relu: "Relu",
+    sigmoid: "Sigmoid",
+    identity: None,
+}
+# Relative error allowed when checking that a conditional network's norms are affine maps.
+_AFFINE_TOLERANCE = 1e-4
+
+
+class ExportError(StylizeError):
+    """The network has a layer with no ONNX form here."""
+
+
+class Conditional(Protocol):
+    """A network that binds a conditioning vector into a `StyleNet`."""
+
+    @property
+    def conditioning_size(self) -> int: ...
+
+    def bind(self, vector: Tensor) -> StyleNet: ...
+
+
+def export_network(network: StyleNet | Conditional, path: Path) -> None:
+    """Writes `network`'s ONNX graph to `path` atomically (see the module's docstring)."""
+    model = network_graph(network)
+    with atomic_write(Path(path), overwrite=True) as file:
+        file.write(model.SerializeToString())
+
+
+def network_graph(network: StyleNet | Conditional) -> onnx.ModelProto:
+    """The ONNX model of `network`, checked by ONNX's checker."""
+    with torch.no_grad():
+        if isinstance(network, StyleNet):
+            builder = _Builder(network, conditional=None)
+        else:
+            bound, maps = _affine_norm_maps(network)
+            builder = _Builder(bound, conditional=maps)
+        model = builder.model()
+    onnx.checker.check_model(model)
+    return model
+
+
+def _norms(net: StyleNet) -> list[nn.InstanceNorm2d]:
+    """Every instance norm of `net`, in the order the graph meets them."""
+    norms: list[nn.InstanceNorm2d] = []
+    for stage in net.encoder:
+        norms += [stage.norm] if stage.norm is not None else []
+    for block in net.residual_blocks:
+        if not isinstance(block, ResidualBlock):
+            raise ExportError(f"no ONNX form for a residual block of type {type(block).__name__}")
+        norms += [block.in1, block.in2]
+    for stage in net.decoder:
+        norms += [stage.norm] if stage.norm is not None else []
+    return norms
+
+
+def _norm_parameters(net: StyleNet) -> Tensor:
+    """All norms' scales, then all their shifts, as one float32 vector."""
+    norms = _norms(net)
+    return torch.cat(
+        [norm.weight.float().cpu() for norm in norms] + [norm.bias.float().cpu() for norm in norms]
+    )
+
+
+class _AffineMaps:
+    """The norms' parameters as `offset + vector @ matrix`: `matrix` (Z, P), `offset` (P,)."""
+
+    def __init__(self, matrix: np.ndarray, offset: np.ndarray) -> None:
+        self.matrix, self.offset = matrix, offset
+
+
+def _affine_norm_maps(network: Conditional) -> tuple[StyleNet, _AffineMaps]:
+    size = network.conditioning_size
+    zero = torch.zeros(size)
+    bound = network.bind(zero)
+    offset = _norm_parameters(bound)
+    columns = [
+        _norm_parameters(network.bind(torch.eye(size)[index])) - offset for index in range(size)
+    ]
+    matrix = torch.stack(columns)
+    probe = torch.rand(size, generator=torch.Generator().manual_seed(0))
+    expected = _norm_parameters(network.bind(probe))
+    predicted = offset + probe @ matrix
+    error = float((expected - predicted).abs().max())
+    if error > _AFFINE_TOLERANCE * max(1.0, float(expected.abs().max())):
+        raise ExportError("the network's norms are not affine in its conditioning vector")
+    return bound, _AffineMaps(matrix.numpy(), offset.numpy())
+
+
+class _Builder:
+    """Accumulates nodes and initializers while walking a bound network."""
+
+    def __init__(self, net: StyleNet, conditional: _AffineMaps | None) -> None:
+        self.net = net
+        self.conditional = conditional
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        # Where each norm's scales start in the conditional parameter vector, which holds all
+        # scales, then all shifts (see _norm_parameters).
+        widths = [int(norm.num_features) for norm in _norms(net)]
+        self._norm_starts = iter(np.cumsum([0, *widths[:-1]]).tolist())
+        self._scale_count = sum(widths)
+        self._norm_params = ""
+        # Resolution of the tensor being built (0: full, 1: half, 2: quarter), and the widest
+        # full-resolution tensor so far.
+        self._level = 0
+        self._widest = 3
+
+    def model(self) -> onnx.ModelProto:
+        net = self.net
+        x = IMAGE_INPUT
+        if net.pixel_scale != 1.0:
+            x = self._node("Mul", [x, self._constant(np.float32(net.pixel_scale))])
+        if self.conditional is not None:
+            maps = self.conditional
+            row = self._node("Unsqueeze", [STYLE_INPUT, self._constant(np.array([0]))])
+            product = self._node("MatMul", [row, self._constant(maps.matrix)])
+            flat = self._node("Reshape", [product, self._constant(np.array([-1]))])
+            self._norm_params = self._node("Add", [flat, self._constant(maps.offset)])
+        for stage in net.encoder:
+            x = self._stage(stage, x)
+        for block in net.residual_blocks:
+            assert isinstance(block, ResidualBlock)  # checked by _norms
+            y = self._node("Relu", [self._norm(block.in1, self._conv(block.conv1, x))])
+            y = self._norm(block.in2, self._conv(block.conv2, y))
+            x = self._node("Add", [y, x])
+        for stage in net.decoder:
+            x = self._stage(stage, x)
+        if net.pixel_scale != 1.0:
+            x = self._node("Mul", [x, self._constant(np.float32(1.0 / net.pixel_scale))])
+        self.nodes.append(helper.make_node("Identity", [x], [OUTPUT]))
+        inputs = [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT, ["N", 3, "H", "W"])]
+        if self.conditional is not None:
+            size = self.conditional.matrix.shape[0]
+            inputs.append(helper.make_tensor_value_info(STYLE_INPUT, TensorProto.FLOAT, [size]))
+        outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 3, "H", "W"])]
+        graph = helper.make_graph(self.nodes, "stylize", inputs, outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name="stylize",
+            producer_version=str(GRAPH_VERSION),
+        )
+        helper.set_model_props(model, {CHANNELS_KEY: str(self._widest)})
+        # Readable by every onnxruntime this project supports (1.17 reads IR version 9).
+        model.ir_version = min(model.ir_version, 8)
+        return model
+
+    def _stage(self, stage: Stage, x: str) -> str:
+        x = self._conv(stage.conv, x)
+        if stage.norm is not None:
+            x = self._norm(stage.norm, x)
+        if stage.activation not in _ACTIVATIONS:
+            raise ExportError(f"no ONNX form for the activation {stage.activation!r}")
+        op = _ACTIVATIONS[stage.activation]
+        return x if op is None else self._node(op, [x])
+
+    def _conv(self, layer: nn.Module, x: str) -> str:
+        if isinstance(layer, UpsampleConvLayer):
+            scales = self._constant(np.array([1, 1, 2, 2], dtype=np.float32))
+            x = self._node(
+                "Resize",
+                [x, "", scales],
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor",
+            )
+            self._level -= 1
+            padding = 1
+        elif isinstance(layer, ConvLayer):
+            padding = layer.padding
+        else:
+            raise ExportError(f"no ONNX form for a convolution of type {type(layer).__name__}")
+        conv: nn.Conv2d = layer.conv2d
+        if self._level == 0:
+            self._widest = max(self._widest, conv.in_channels)
+        self._level += int(conv.stride[0]) // 2
+        if self._level == 0:
+            self._widest = max(self._widest, conv.out_channels)
+        if padding:
+            pads = self._constant(np.array([0, 0, padding, padding] * 2))
+            x = self._node("Pad", [x, pads], mode="reflect")
+        inputs = [x, self._constant(conv.weight.float().cpu().numpy())]
+        if conv.bias is not None and bool(conv.bias.any()):
+            inputs.append(self._constant(conv.bias.float().cpu().numpy()))
+        return self._node(
+            "Conv", inputs, strides=list(conv.stride), kernel_shape=list(conv.kernel_size)
+        )
+
+    def _norm(self, norm: nn.InstanceNorm2d, x: str) -> str:
+        start = next(self._norm_starts)
+        if self.conditional is None:
+            scale = self._constant(norm.weight.float().cpu().numpy())
+            shift = self._constant(norm.bias.float().cpu().numpy())
+        else:
+            end, total = start + int(norm.num_features), self._scale_count
+            scale = self._slice(self._norm_params, start, end)
+            shift = self._slice(self._norm_params, total + start, total + end)
+        return self._node("InstanceNormalization", [x, scale, shift], epsilon=float(norm.eps))
+
+    def _slice(self, x: str, start: int, end: int) -> str:
+        return self._node(
+            "Slice", [x, self._constant(np.array([start])), self._constant(np.array([end]))]
+        )
+
+    def _node(self, op: str, inputs: Sequence[str], **attributes: object) -> str:
+        self._count += 1
+        output = f"{op.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
+        return output
+
+    def _constant(self, value: np.ndarray | np.generic) -> str:
+        array = np.asarray(value)
+        if array.dtype.kind == "i":
+            array = array.astype(np.int64)
+        self._count += 1
+        name = f"constant_{self._count}"
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
