@@ -290,3 +290,35 @@ def test_a_full_disk_is_recognized_by_code_and_by_text(tmp_path: Path) -> None:
     assert str(error.about("cannot install candy")) == (
         f"cannot install candy: no space left on device in {tmp_path}"
     )
+
+
+def test_one_detector_of_full_disks_serves_the_store_and_training(tmp_path: Path) -> None:
+    import errno
+
+    from stylize.atomic import NoSpaceError, is_no_space, no_space_error, no_space_reason
+    from stylize.engine.training import failures
+
+    # torch.save's short-write check says nothing of the disk; the store now knows it too.
+    torch_full = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7 vs 5")
+    assert is_no_space(torch_full)
+    assert str(no_space_error(torch_full, tmp_path, "cannot write x")) == (
+        f"cannot write x: no space left on device in {tmp_path}"
+    )
+    assert not is_no_space(RuntimeError("[enforce fail at inline_container.cc:300] . bad zip"))
+    # A quota is worded the same way everywhere.
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert no_space_reason(quota) == "no space left on device (disk quota exceeded)"
+    assert str(no_space_error(quota, tmp_path, "cannot write x")) == (
+        f"cannot write x: no space left on device (disk quota exceeded) in {tmp_path}"
+    )
+    # A full disk behind another error is still a full disk.
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise StylizeError("cannot write model.safetensors") from None
+    except StylizeError as error:
+        assert is_no_space(error)
+    assert isinstance(no_space_error(quota, tmp_path, "x"), NoSpaceError)
+    # Training asks the same function.
+    assert failures.disk_full_reason is no_space_reason

@@ -48,19 +48,31 @@ STALE_AFTER_S = 600.0
 # Where a process cannot be looked up (Windows), or the name holds no process id (files left by
 # earlier versions), only age tells.
 UNKNOWN_OWNER_STALE_AFTER_S = 24 * 3600.0
-_NO_SPACE_ERRNOS = frozenset(
-    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
-)
-# How Rust libraries (safetensors) pass the system's error on: its text, `(os error 28)` or
-# `Os { code: 28, kind: StorageFull, ... }`.
+# A full disk, in the same words whoever reports it (the one place that recognizes it: the store's
+# writes and downloads, and training's checkpoints, previews and loss log all ask here).
+NO_SPACE = "no space left on device"
+QUOTA_EXCEEDED = f"{NO_SPACE} (disk quota exceeded)"
+_NO_SPACE_ERRNOS = {errno.ENOSPC: NO_SPACE}
+if hasattr(errno, "EDQUOT"):
+    _NO_SPACE_ERRNOS[errno.EDQUOT] = QUOTA_EXCEEDED
+# How libraries that are not Python pass the system's error on, as text: safetensors (Rust)
+# writes `(os error 28)` or `Os { code: 28, kind: StorageFull, ... }`, pip's output the OS's
+# words.
 _NO_SPACE_TEXTS = (
-    "no space left on device",
-    "disk quota exceeded",
-    "os error 28",
-    "code: 28,",
+    NO_SPACE,
     "storagefull",
-    "quotaexceeded",
+    *(f"os error {number})" for number in _NO_SPACE_ERRNOS),
+    *(f"code: {number}," for number in _NO_SPACE_ERRNOS),
 )
+_QUOTA_TEXTS = (
+    "disk quota exceeded",
+    "quotaexceeded",
+    *(f"{marker} {getattr(errno, 'EDQUOT', -1)}" for marker in ("os error", "code:")),
+)
+# torch.save's stream writer (inline_container.cc) checks its position after each record, so a
+# short write on a full disk surfaces as "[enforce fail at inline_container.cc:672] . unexpected
+# pos N vs M", without the system's error.
+_TORCH_SHORT_WRITE = ("inline_container", "unexpected pos")
 
 # Temporaries of this process not yet renamed or removed: what atexit cleans up.
 _live: dict[Path, int] = {}
@@ -71,7 +83,7 @@ class NoSpaceError(StylizeError):
     """A write failed because the file system holding `folder` is full (or the quota is used
     up). The message is `{subject}: no space left on device in {folder}`."""
 
-    def __init__(self, folder: Path, subject: str, reason: str = "no space left on device"):
+    def __init__(self, folder: Path, subject: str, reason: str = NO_SPACE):
         self.folder = Path(folder)
         self.subject = subject
         self.reason = reason
@@ -82,23 +94,47 @@ class NoSpaceError(StylizeError):
         return NoSpaceError(self.folder, subject, self.reason)
 
 
+def no_space_reason(error: BaseException) -> str | None:
+    """The words for a full disk, `NO_SPACE` (`QUOTA_EXCEEDED` for a quota), when `error` or an
+    error it was raised from or while handling says the disk is full; None otherwise.
+
+    Recognized: an OSError with ENOSPC or EDQUOT; a library's error that passes the system's
+    message on as text (safetensors' SafetensorError, pip's output); torch.save's short-write
+    check ("inline_container ... unexpected pos")."""
+    for cause in _chain(error):
+        if isinstance(cause, OSError) and cause.errno is not None:
+            if cause.errno in _NO_SPACE_ERRNOS:
+                return _NO_SPACE_ERRNOS[cause.errno]
+            continue
+        text = str(cause).lower()
+        if any(marker in text for marker in _QUOTA_TEXTS):
+            return QUOTA_EXCEEDED
+        if any(marker in text for marker in _NO_SPACE_TEXTS):
+            return NO_SPACE
+        if isinstance(cause, RuntimeError) and all(part in text for part in _TORCH_SHORT_WRITE):
+            return NO_SPACE
+    return None
+
+
 def is_no_space(error: BaseException) -> bool:
-    """Whether `error` says the disk is full: an OSError with ENOSPC (or EDQUOT), or an error of
-    a library (safetensors' SafetensorError) that passes the system's message on as text."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return error.errno in _NO_SPACE_ERRNOS
-    text = str(error).lower()
-    return any(marker in text for marker in _NO_SPACE_TEXTS)
+    """Whether `error` (or an error behind it) says the disk is full; see `no_space_reason`."""
+    return no_space_reason(error) is not None
 
 
 def no_space_error(error: BaseException, folder: Path, subject: str) -> NoSpaceError:
     """The NoSpaceError for `error`, which `is_no_space` accepted, in `folder`."""
-    if isinstance(error, OSError) and error.errno is not None:
-        quota = error.errno == getattr(errno, "EDQUOT", None)
-    else:
-        quota = "quota" in str(error).lower()
-    reason = "disk quota exceeded" if quota else "no space left on device"
-    return NoSpaceError(folder, subject, reason)
+    return NoSpaceError(folder, subject, no_space_reason(error) or NO_SPACE)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling (`raise ... from None`
+    hides the context from tracebacks, not from here)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:

@@ -453,7 +453,12 @@ def _fail_at_step_three(failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("failure", "reason"),
     [
-        ("out of memory", "out of memory on cpu"),
+        (
+            "out of memory",
+            "out of memory on cpu training batches of 2 crops of 32x32 pixels (an allocation "
+            "of 2.00 GiB failed: close other programs, or start over with a smaller "
+            "--batch-size or --image-size)",
+        ),
         ("disk full", "cannot write {workdir}/losses.csv: no space left on device"),
         (
             "nan",

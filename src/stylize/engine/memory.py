@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stylize.engine.settings import TAP_FEATURE_INDEX, VGG19_LAYOUT, check_taps
+from stylize.engine.settings import (
+    TAP_FEATURE_INDEX,
+    VGG19_LAYOUT,
+    TransformerConfig,
+    check_taps,
+)
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -42,6 +47,9 @@ __all__ = [
     "out_of_memory_detail",
     "round_down",
     "style_pass_elements",
+    "train_estimate",
+    "transform_graph_elements",
+    "transform_parameters",
     "vgg_graph_bytes",
 ]
 
@@ -208,6 +216,104 @@ def optimize_estimate(
         style_pass_elements(taps) * max((w * h for w, h in style_sizes), default=0) * per_style
     )
     fixed = WEIGHT_COPIES * _weight_bytes(taps) + FIXED_BYTES
+    total = fixed + max(image_pass + optimizer_state, style_pass)
+    return Estimate(total, image_pass, optimizer_state, style_pass, fixed)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+# Calibration of `train_estimate`: benchmarks/memory_train.py on the same CPU as above (2 steps,
+# style image 256 px, --workers 0). Peak resident memory above what the prepared job held, MiB:
+#
+#   --image-size x --batch-size   default network       tiny network (8, 16, 16; 1 block)
+#                                 float32   bfloat16    float32   bfloat16
+#   128 x 1                         275       267         249       249
+#   256 x 1                         541       456         379       361
+#   256 x 2                         885       667         553       475
+#   256 x 4                        1538        -           -         -
+#
+# Memory grows by about 5200 bytes per crop pixel with the default network in float32 (3850 in
+# bfloat16) and 2800 with the tiny one (1850): the transform networks differ by 628 kept values
+# per pixel (`transform_graph_elements`), so each costs about 3.8 bytes in float32 (3.0 in
+# bfloat16), one value with little on top since these activations are small next to VGG's;
+# the VGG19 part then matches optimize's factors above. The factors below are those rounded
+# up by about a fifth, which keeps the estimate above every peak measured.
+BYTES_PER_TRANSFORM_ELEMENT = 4 * 1.15
+BYTES_PER_TRANSFORM_ELEMENT_REDUCED = 4 * 0.9
+# The weights read, the VGG19 modules made of them and the convolutions' reordered copies; the
+# content targets' shallow VGG19 adds little (the fixed cost measured, 190 MiB, is below this).
+TRAIN_WEIGHT_COPIES = WEIGHT_COPIES
+# Adam keeps the parameters, their gradients and two moments.
+TRAIN_PARAMETER_COPIES = 4
+
+
+def transform_graph_elements(config: TransformerConfig) -> float:
+    """Values per input pixel that autograd keeps for the backward pass of the transform network
+    of `config` (engine/transformer.py): each convolution's padded input, and its output with
+    the instance norm's and the ReLU's, at the resolution of each (1, 1/4, 1/16 of the pixels);
+    the upsampling layers keep their quarter- or half-resolution input only."""
+    full, half, quarter = (float(width) for width in config.channels)
+    elements = 3 + 3 * full  # conv1: padded image; its output, normalized, activated
+    elements += full + 3 * half / 4  # conv2 (stride 2) reads the full resolution
+    elements += half / 4 + 3 * quarter / 16  # conv3
+    # A residual block: two padded inputs, two outputs, two norms, the ReLU and the sum.
+    elements += config.residual_blocks * 8 * quarter / 16
+    elements += quarter / 16 + 3 * half / 4  # deconv1: upsampled by phases, from its input
+    elements += half / 4 + 3 * full  # deconv2
+    elements += full + 3  # deconv3: padded input, the output image
+    return elements
+
+
+def transform_parameters(config: TransformerConfig) -> int:
+    """The number of parameters of the transform network of `config`."""
+    full, half, quarter = config.channels
+    convolutions = [
+        (3, full, 9),
+        (full, half, 3),
+        (half, quarter, 3),
+        *[(quarter, quarter, 3)] * (2 * config.residual_blocks),
+        (quarter, half, 3),
+        (half, full, 3),
+        (full, 3, 9),
+    ]
+    weights = sum(
+        inputs * outputs * kernel**2 + outputs for inputs, outputs, kernel in convolutions
+    )
+    norms = 2 * (2 * full + 2 * half + quarter + 2 * quarter * config.residual_blocks)
+    return weights + norms
+
+
+def train_estimate(
+    image_size: int,
+    batch_size: int,
+    style_size: tuple[int, int],
+    *,
+    config: TransformerConfig,
+    content_layers: Sequence[str],
+    style_layers: Sequence[str],
+    reduced_precision: bool = False,
+) -> Estimate:
+    """What one step of `stylize train` needs: a batch of `batch_size` crops of `image_size`
+    pixels a side through the transform network of `config` and VGG19 (both with their backward
+    passes), the content targets' pass, Adam's state, and before the first step the pass over
+    the style image of `style_size` (width, height). `image_pass` is the step's activations."""
+    taps = (*content_layers, *style_layers)
+    pixels = batch_size * image_size**2
+    per_transform = (
+        BYTES_PER_TRANSFORM_ELEMENT_REDUCED if reduced_precision else BYTES_PER_TRANSFORM_ELEMENT
+    )
+    per_style = BYTES_PER_STYLE_ELEMENT_REDUCED if reduced_precision else BYTES_PER_STYLE_ELEMENT
+    image_pass = (
+        vgg_graph_bytes(pixels, taps, reduced_precision=reduced_precision)
+        + math.ceil(transform_graph_elements(config) * pixels * per_transform)
+        # The content targets: a no-gradient pass over the photos, its features kept.
+        + math.ceil(style_pass_elements(content_layers) * pixels * per_style)
+    )
+    optimizer_state = TRAIN_PARAMETER_COPIES * transform_parameters(config) * 4
+    style_pass = math.ceil(
+        style_pass_elements(style_layers) * style_size[0] * style_size[1] * per_style
+    )
+    fixed = TRAIN_WEIGHT_COPIES * _weight_bytes(taps) + FIXED_BYTES
     total = fixed + max(image_pass + optimizer_state, style_pass)
     return Estimate(total, image_pass, optimizer_state, style_pass, fixed)
 

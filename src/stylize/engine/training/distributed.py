@@ -28,6 +28,8 @@ class Processes:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # The processes on this machine, which share its memory when they train on the CPU.
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -40,10 +42,12 @@ class Processes:
                 rank=int(os.environ.get("RANK", "0")),
                 world_size=int(os.environ.get("WORLD_SIZE", "1")),
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                local_world_size=max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
             )
         except ValueError:
             raise StylizeError(
-                "RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)"
+                "RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers (set by "
+                "torchrun)"
             ) from None
 
 

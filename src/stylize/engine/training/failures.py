@@ -1,7 +1,8 @@
 """Failures of a training run put in words: disk full, out of memory, a run that stopped.
 
 Owns `failure_reason` (any exception as a short reason, with a full disk always worded the
-same way whoever raised it: an OSError, torch.save's stream writer, safetensors), the error a
+same way whoever raised it, as `stylize.atomic.no_space_reason` recognizes it for the whole
+program: an OSError, torch.save's stream writer, safetensors), the error a
 checkpoint write raises (`CheckpointWriteError`, which the loop survives), and the error a run
 that stopped raises (`TrainingStopped`, which says where the last checkpoint is and how to
 resume).
@@ -9,38 +10,24 @@ resume).
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
+from stylize.atomic import NO_SPACE as DISK_FULL
+from stylize.atomic import no_space_reason as disk_full_reason
+from stylize.engine.memory import out_of_memory_detail
 from stylize.errors import StylizeError
 
-DISK_FULL = "no space left on device"
-_DISK_FULL_ERRNOS = {errno.ENOSPC: DISK_FULL}
-if hasattr(errno, "EDQUOT"):
-    _DISK_FULL_ERRNOS[errno.EDQUOT] = f"{DISK_FULL} (disk quota exceeded)"
-# torch.save's stream writer (inline_container.cc) checks its position after each record, so a
-# short write on a full disk surfaces as "[enforce fail at inline_container.cc:672] . unexpected
-# pos N vs M"; safetensors words the OS error: "I/O error: No space left on device (os error 28)".
-_TORCH_DISK_FULL = ("inline_container", "unexpected pos")
+__all__ = [
+    "DISK_FULL",
+    "CheckpointWriteError",
+    "TrainingStopped",
+    "disk_full_reason",
+    "failure_reason",
+    "resume_advice",
+    "write_problem",
+]
+
 _REASON_LENGTH = 300
-
-
-def disk_full_reason(error: BaseException) -> str | None:
-    """The words for a full disk when `error`, or an error it was raised from or while
-    handling, says the disk is full ("no space left on device"); None otherwise."""
-    for cause in _chain(error):
-        if isinstance(cause, OSError):
-            if cause.errno in _DISK_FULL_ERRNOS:
-                return _DISK_FULL_ERRNOS[cause.errno]
-            continue
-        text = str(cause).lower()
-        if isinstance(cause, RuntimeError) and all(part in text for part in _TORCH_DISK_FULL):
-            return DISK_FULL
-        if type(cause).__name__ == "SafetensorError":
-            for number, reason in _DISK_FULL_ERRNOS.items():
-                if f"(os error {number})" in text:
-                    return reason
-    return None
 
 
 def failure_reason(error: BaseException, device: object = None) -> str:
@@ -52,7 +39,7 @@ def failure_reason(error: BaseException, device: object = None) -> str:
     full = disk_full_reason(error)
     if full is not None:
         return full
-    if isinstance(error, MemoryError) or _is_out_of_memory(error):
+    if out_of_memory_detail(error) is not None:
         return f"out of memory on {device}" if device is not None else "out of memory"
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
@@ -117,17 +104,6 @@ def _chain(error: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and (
-        "out of memory" in text.lower() or "can't allocate memory" in text
-    )
 
 
 def _one_line(text: str) -> str:

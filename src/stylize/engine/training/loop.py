@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from stylize.engine import memory
 from stylize.engine.imageio import resize_long_edge, save_image, to_image, to_tensor
 from stylize.engine.objective import PerceptualObjective
 from stylize.engine.settings import TrainSchedule, option_name
@@ -111,13 +112,35 @@ def run_training(
         workers=workers, checkpoint_every=checkpoint_every, preview_every=preview_every
     ).validate()
     with process_group(plan.processes, plan.device), stop_requests() as stop_requested:
-        return _Trainer(plan, vgg_weights, on_warning or _python_warning).train(
+        trainer = _set_up(plan, vgg_weights, on_warning or _python_warning)
+        return trainer.train(
             workers=workers,
             checkpoint_every=checkpoint_every,
             preview_every=preview_every,
             stop_requested=stop_requested,
             on_progress=on_progress,
         )
+
+
+def _set_up(
+    plan: TrainingPlan, vgg_weights: Mapping[str, Tensor], warn: WarningCallback
+) -> _Trainer:
+    """The trainer; running out of memory while it is built (the networks, the style image's
+    pass) is one line naming the style image's size, as the memory guard could not tell."""
+    try:
+        return _Trainer(plan, vgg_weights, warn)
+    except Exception as error:
+        detail = memory.out_of_memory_detail(error)
+        if detail is None:
+            raise
+        width, height = plan.style.size
+        option = option_name(plan.settings, "style_size")
+        message = (
+            f"ran out of memory on {plan.device} setting up training (VGG19 and the style image "
+            f"at {width}x{height}): {detail}; close other programs, or use a smaller {option}"
+        )
+    # Raised outside the handler, so the failed allocation's tensors can go at once.
+    raise StylizeError(message)
 
 
 def _python_warning(message: str) -> None:
@@ -238,7 +261,7 @@ class _Trainer:
                         break
                     at = self.step + 1
             except Exception as error:
-                reason = failure_reason(error, self.device)
+                reason = self._failure_reason(error)
                 raise TrainingStopped(at, reason, plan.workdir, self.checkpoint_step) from error
         tensors: dict[str, Tensor] = {}
         meta: dict[str, Any] = {}
@@ -280,6 +303,22 @@ class _Trainer:
         report = losses.detach()
         report, stop = average_over_processes(report, stop_requested(), self.plan.processes)
         return dict(zip(_LOSS_NAMES, report.tolist(), strict=True)), stop
+
+    def _failure_reason(self, error: BaseException) -> str:
+        """Why the run stopped, in words; running out of memory names the batch that did not
+        fit and how much was asked for (the memory guard's estimate was wrong, or something
+        else took the memory meanwhile)."""
+        detail = memory.out_of_memory_detail(error)
+        if detail is None:
+            return failure_reason(error, self.device)
+        settings = self.settings
+        batch, size = (option_name(settings, name) for name in ("batch_size", "image_size"))
+        side = settings.image_size
+        return (
+            f"out of memory on {self.device} training batches of {settings.batch_size} crops of "
+            f"{side}x{side} pixels ({detail}: close other programs, or start over with a smaller "
+            f"{batch} or {size})"
+        )
 
     def _write_previews(self) -> None:
         """Stylizes the preview images into the work folder. One that cannot be written is a

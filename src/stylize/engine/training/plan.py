@@ -21,10 +21,12 @@ import torch
 from PIL import Image
 
 from stylize.atomic import atomic_write
+from stylize.engine import memory
 from stylize.engine.imageio import load_image, resize_long_edge
 from stylize.engine.layers import ConvLayer, UpsampleConvLayer
 from stylize.engine.runtime import Runtime
 from stylize.engine.settings import (
+    SIZE_MULTIPLE,
     TrainSchedule,
     TrainSettings,
     TransformerConfig,
@@ -134,6 +136,8 @@ def prepare_training(
             f"{workdir} already holds a training checkpoint: add --resume to continue it, or "
             "remove that folder (or pick another --workdir) to start over"
         )
+    # Last: what the checks above read (the checkpoint among them) is held already.
+    check_training_memory(settings, style.size, runtime, processes, resuming=resume)
     return TrainingPlan(
         settings=settings,
         style_image=Path(style_image),
@@ -146,6 +150,94 @@ def prepare_training(
         processes=processes,
         previews=loaded_previews,
         checkpoint=checkpoint,
+    )
+
+
+def training_estimate(
+    settings: TrainSettings, style_size: tuple[int, int], runtime: Runtime
+) -> memory.Estimate:
+    """What a training step (and the style image's pass before step 1) of `settings` needs."""
+    return memory.train_estimate(
+        settings.image_size,
+        settings.batch_size,
+        style_size,
+        config=settings.architecture,
+        content_layers=settings.content_layers,
+        style_layers=settings.style_layers,
+        reduced_precision=runtime.dtype is not None,
+    )
+
+
+def check_training_memory(
+    settings: TrainSettings,
+    style_size: tuple[int, int],
+    runtime: Runtime,
+    processes: Processes,
+    *,
+    resuming: bool = False,
+) -> None:
+    """StylizeError, before anything is trained (or VGG19 loaded), when a step will not fit in
+    what the device has left; the message says which --batch-size or --image-size would.
+
+    Processes training on the CPU of one machine share its memory, so each gets its part."""
+    if not memory.checks_enabled():
+        return
+    available = memory.available_memory(runtime.device)
+    if available is None:
+        return
+    if runtime.device.type == "cpu" and processes.local_world_size > 1:
+        available = memory.Available(
+            available.bytes // processes.local_world_size,
+            f"{available.limit}, for each of {processes.local_world_size} processes",
+        )
+    estimate = training_estimate(settings, style_size, runtime)
+    if estimate.total <= available.bytes:
+        return
+
+    def fits(**changes: int) -> bool:
+        changed = dataclasses.replace(settings, **changes)
+        scaled = style_size
+        if "style_size" in changes:
+            ratio = changes["style_size"] / max(style_size)
+            scaled = (max(1, round(style_size[0] * ratio)), max(1, round(style_size[1] * ratio)))
+        return training_estimate(changed, scaled, runtime).total <= available.bytes
+
+    batch_option, size_option, style_option = (
+        option_name(settings, name) for name in ("batch_size", "image_size", "style_size")
+    )
+    advice = []
+    batch = memory.largest_fitting(lambda value: fits(batch_size=value), 1, settings.batch_size)
+    if batch is not None:
+        advice.append(f"{batch_option} {batch}")
+    smallest = max(min_input_size(settings.content_layers + settings.style_layers), SIZE_MULTIPLE)
+    quarters = memory.largest_fitting(
+        lambda value: fits(image_size=value * SIZE_MULTIPLE),
+        -(-smallest // SIZE_MULTIPLE),
+        settings.image_size // SIZE_MULTIPLE,
+    )
+    if quarters is not None:
+        advice.append(f"{size_option} {quarters * SIZE_MULTIPLE} or smaller")
+    if estimate.style_pass > estimate.image_pass + estimate.optimizer_state:
+        style = memory.largest_fitting(
+            lambda value: fits(style_size=value),
+            min_input_size(settings.style_layers),
+            max(style_size),
+        )
+        if style is not None:  # what does not fit is the style image: say that first
+            advice.insert(0, f"{style_option} {memory.round_down(style)} or smaller")
+    if advice and resuming:
+        # A run resumes only with the settings it started with.
+        advice_text = f"start a new run with {', or '.join(advice)}, or close other programs"
+    elif advice:
+        advice_text = f"use {', or '.join(advice)}"
+    else:
+        advice_text = "close other programs to free memory"
+    memory.check_fits(
+        estimate.total,
+        available,
+        f"training with {batch_option} {settings.batch_size} and {size_option} "
+        f"{settings.image_size} on {runtime.device}",
+        advice_text,
     )
 
 
