@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stylize.engine import memory
 from stylize.engine.color import preserve_color as keep_content_colors
 from stylize.engine.runtime import Runtime
 from stylize.engine.stylenet import StyleNet
@@ -44,6 +45,21 @@ _DECODER_SCALES = (2, 4, 4)
 _BYTES_PER_PIXEL_PER_CHANNEL = {4: 20, 2: 14}
 _CPU_MEMORY_BUDGET = 1 << 30
 _GPU_FREE_MEMORY_SHARE = 0.5
+# Besides the network's activations, float32 images on the host, in values per pixel: the
+# resized and padded input, the raw output and the result with its clamped, color-preserved
+# and blended copies. Tiled, the quarter-resolution trunk also runs whole through the residual
+# blocks: the trunk, a block's input kept for the sum and its latest output. Measured with
+# benchmarks/memory_apply.py (default network, float32, CPU): 118 bytes a pixel in tiles of
+# 128 above a fixed 69 MiB (1024x768 to 2048x1024), against 168 estimated; with
+# --preserve-color, 150. The fixed part is the allocator's and the thread pool's own.
+_HOST_VALUES_PER_PIXEL = 3 * 6
+_TRUNK_COPIES = 3
+_FIXED_BYTES = 64 << 20
+
+
+class OutOfMemory(StylizeError):
+    """An image that does not fit in memory, refused before the work or failed during it."""
+
 
 Statistics = tuple[Tensor, Tensor]
 """Per-channel mean and (biased) variance of one instance norm's input."""
@@ -65,6 +81,8 @@ class Stylizer:
         self.net = net.eval().requires_grad_(False)
         self.net.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
         channels = net.full_resolution_channels
+        # Chosen: the user's tiles, kept; automatic ones shrink to what an image leaves room for.
+        self.tile_size_given = tile_size is not None
         if tile_size is None:
             tile_size = self._largest_tile(channels)
         if tile_size < MIN_TILE_SIZE:
@@ -91,7 +109,6 @@ class Stylizer:
             raise StylizeError(f"strength must be between 0 and 1, got {strength}")
         if scale <= 0:
             raise StylizeError(f"scale must be positive, got {scale}")
-        content = content.detach().float().cpu()
         height, width = content.shape[-2:]
         size = (round(height * scale), round(width * scale))
         if min(size) < MIN_IMAGE_SIZE:
@@ -99,13 +116,122 @@ class Stylizer:
                 f"image too small to stylize ({size[1]}x{size[0]} after scaling): at least "
                 f"{MIN_IMAGE_SIZE} pixels a side"
             )
+        tile_size = self._tile_for(tuple(content.shape), scale)
+        try:
+            return self._stylize(content, size, tile_size, strength, preserve_color)
+        except Exception as error:
+            detail = memory.out_of_memory_detail(error)
+            if detail is None:
+                raise
+            message = (
+                f"ran out of memory on {self.device} stylizing {_describe(content.shape, size)} "
+                f"in tiles of {tile_size} pixels ({detail}): use a smaller --tile-size or "
+                "--max-size"
+            )
+        # Raised outside the handler, so the failed allocation's tensors can go at once.
+        raise OutOfMemory(message)
+
+    def memory_needed(
+        self, shape: Sequence[int], *, scale: float = 1.0, tile_size: int | None = None
+    ) -> int:
+        """Bytes that stylizing a batch of `shape` (N, 3, H, W) at `scale` in tiles of
+        `tile_size` (default: this stylizer's) needs, on the host and the device together."""
+        return sum(self._needs(shape, scale, self.tile_size if tile_size is None else tile_size))
+
+    def _needs(self, shape: Sequence[int], scale: float, tile: int) -> tuple[int, int]:
+        """(host bytes, device bytes): the images, and the network's activations for the whole
+        images, or for one tile and the quarter-resolution trunk."""
+        batch, _, height, width = shape
+        rows, columns = round(height * scale), round(width * scale)
+        rows, columns = rows + -rows % _ALIGN, columns + -columns % _ALIGN
+        element = torch.empty((), dtype=self.dtype).element_size()
+        per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL[element] * self.net.full_resolution_channels
+        host = batch * max(rows * columns, height * width) * _HOST_VALUES_PER_PIXEL * 4
+        host += _FIXED_BYTES
+        if rows * columns <= tile**2:
+            at_once = min(batch, max(1, tile**2 // (rows * columns)))
+            return host, at_once * rows * columns * per_pixel
+        quarter = _out_channels(self.net.encoder[-1].conv)
+        trunk = _TRUNK_COPIES * quarter * (rows // _ALIGN) * (columns // _ALIGN) * element
+        side = tile + 2 * _HALO * _ALIGN
+        return host, trunk + side**2 * per_pixel
+
+    def _tile_for(self, shape: tuple[int, ...], scale: float) -> int:
+        """The tile size for a batch of `shape`: this stylizer's, or for automatic tiles the
+        largest that leaves room for the images. OutOfMemory before any work when the batch
+        does not fit in the tiles the user chose, or even in the smallest tiles."""
+        if not memory.checks_enabled():
+            return self.tile_size
+        on_host = memory.available_memory(torch.device("cpu"))
+        on_device = on_host if self.device.type == "cpu" else memory.available_memory(self.device)
+        if on_device is None:
+            return self.tile_size
+        short = on_device
+
+        def fits(tile: int, batch_shape: Sequence[int] = shape) -> bool:
+            nonlocal short
+            host, device = self._needs(batch_shape, scale, tile)
+            if self.device.type == "cpu":
+                return host + device <= on_device.bytes
+            if on_host is not None and host > on_host.bytes:
+                short = on_host
+                return False
+            return device <= on_device.bytes
+
+        if fits(self.tile_size):
+            return self.tile_size
+        quarters = memory.largest_fitting(
+            lambda value: fits(value * _ALIGN), MIN_TILE_SIZE // _ALIGN, self.tile_size // _ALIGN
+        )
+        if quarters is not None and not self.tile_size_given:
+            return quarters * _ALIGN  # automatic tiles: as large as memory allows
+        batch, _, height, width = shape
+        advice = ""
+        if quarters is not None:
+            advice = f"use --tile-size {quarters * _ALIGN} or smaller"
+        else:
+            # Even the smallest tiles leave the whole images and the trunk: smaller images fit.
+            def fits_edge(edge: int) -> bool:
+                ratio = edge / max(height, width)
+                smaller = (batch, 3, max(1, round(height * ratio)), max(1, round(width * ratio)))
+                return fits(MIN_TILE_SIZE, smaller)
+
+            edge = memory.largest_fitting(fits_edge, MIN_IMAGE_SIZE, max(height, width))
+            if edge is not None:
+                advice = f"use --max-size {memory.round_down(edge)} or smaller"
+        tiles = self.tile_size if quarters is not None else MIN_TILE_SIZE
+        fits(tiles)  # which memory is short, for the message
+        host, device = self._needs(shape, scale, tiles)
+        if self.device.type == "cpu":
+            needed = host + device
+        else:
+            needed = device if short is on_device else host
+        size = (round(height * scale), round(width * scale))
+        raise OutOfMemory(
+            f"stylizing {_describe(shape, size)} needs about {memory.format_bytes(needed)} of "
+            f"memory {'' if quarters is not None else 'even '}in tiles of {tiles} pixels, but "
+            f"{memory.format_bytes(short.bytes)} is {short.limit}: "
+            + (advice or "close other programs to free memory")
+        )
+
+    def _stylize(
+        self,
+        content: Tensor,
+        size: tuple[int, int],
+        tile_size: int,
+        strength: float,
+        preserve_color: bool,
+    ) -> Tensor:
+        content = content.detach().float().cpu()
+        height, width = content.shape[-2:]
         with torch.inference_mode():
             work = content if size == (height, width) else _resize(content, size)
             padded = _pad_to_multiple(work * self.net.pixel_scale, _ALIGN)
-            if padded.shape[-2] * padded.shape[-1] <= self.tile_size**2:
-                raw = torch.cat([self._run_whole(chunk) for chunk in self._chunks(padded)])
+            if padded.shape[-2] * padded.shape[-1] <= tile_size**2:
+                chunks = self._chunks(padded, tile_size)
+                raw = torch.cat([self._run_whole(chunk) for chunk in chunks])
             else:
-                raw = torch.cat([self._run_tiled(image[None]) for image in padded])
+                raw = torch.cat([self._run_tiled(image[None], tile_size) for image in padded])
             stylized = raw[..., : size[0], : size[1]] / self.net.pixel_scale
             if size != (height, width):
                 stylized = _resize(stylized, (height, width))
@@ -116,8 +242,8 @@ class Stylizer:
                 stylized = torch.lerp(content, stylized, strength)
             return stylized
 
-    def _chunks(self, images: Tensor) -> tuple[Tensor, ...]:
-        per_chunk = max(1, self.tile_size**2 // (images.shape[-2] * images.shape[-1]))
+    def _chunks(self, images: Tensor, tile_size: int) -> tuple[Tensor, ...]:
+        per_chunk = max(1, tile_size**2 // (images.shape[-2] * images.shape[-1]))
         return images.split(per_chunk)
 
     def _to_device(self, images: Tensor) -> Tensor:
@@ -126,10 +252,10 @@ class Stylizer:
     def _run_whole(self, images: Tensor) -> Tensor:
         return self.net(self._to_device(images)).float().cpu()
 
-    def _run_tiled(self, image: Tensor) -> Tensor:
+    def _run_tiled(self, image: Tensor, tile_size: int) -> Tensor:
         """One image (1, 3, H, W) in [0, pixel_scale], H and W multiples of 4, stage by stage."""
         net = self.net
-        grid = _Grid(image.shape[-2] // _ALIGN, image.shape[-1] // _ALIGN, self.tile_size)
+        grid = _Grid(image.shape[-2] // _ALIGN, image.shape[-1] // _ALIGN, tile_size)
 
         def encode(tile: _Tile, statistics: Sequence[Statistics | None]) -> Tensor:
             """The encoder up to the first norm without statistics, before that norm."""
@@ -197,6 +323,20 @@ class Stylizer:
             budget = _CPU_MEMORY_BUDGET
         side = int(math.sqrt(budget / bytes_per_pixel))
         return max(MIN_TILE_SIZE, side - side % _ALIGN)
+
+
+def _describe(shape: Sequence[int], size: tuple[int, int]) -> str:
+    """The batch in words, `a 4000x3000 image` or `4 images of 4000x3000`, with the size the
+    network runs at when --scale changes it."""
+    batch, _, height, width = shape
+    what = f"a {width}x{height} image" if batch == 1 else f"{batch} images of {width}x{height}"
+    if size != (height, width):
+        what += f" (run at {size[1]}x{size[0]})"
+    return what
+
+
+def _out_channels(conv: nn.Module) -> int:
+    return int(conv.conv2d.out_channels)  # type: ignore[union-attr]
 
 
 def _largest_indexable_tile(channels: int) -> int:
