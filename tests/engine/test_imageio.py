@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from stylize.engine.imageio import (
-    IMAGE_SUFFIXES,
     OUTPUT_SUFFIXES,
     check_output_path,
     find_images,
+    image_suffixes,
     load_image,
     resize_long_edge,
     save_image,
@@ -279,8 +279,8 @@ def test_find_images(tmp_path: Path, make_image: Callable[..., Path]) -> None:
 
 
 def test_suffix_sets() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"} <= IMAGE_SUFFIXES
-    assert ".mpg" not in IMAGE_SUFFIXES
+    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"} <= image_suffixes()
+    assert ".mpg" not in image_suffixes()
     assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"} == OUTPUT_SUFFIXES
 
 

@@ -316,11 +316,11 @@ class _Output:
         """Whether `-o` names an output file rather than a folder: it has an image suffix
         (`.png`; `out.v2` is a folder), no trailing separator (`out.png/` is a folder) and is
         not an existing folder."""
-        from stylize.engine.imageio import IMAGE_SUFFIXES
+        from stylize.engine.imageio import image_suffixes
 
         suffix = self.path.suffix.lower()
         return (
-            (suffix in IMAGE_SUFFIXES or _writable(suffix))
+            (_writable(suffix) or suffix in image_suffixes())
             and not self.trailing_separator
             and not self.path.is_dir()
         )

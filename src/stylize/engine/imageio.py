@@ -6,6 +6,7 @@ helpers, so the CLI can validate paths and read images before paying for it.
 
 from __future__ import annotations
 
+import functools
 import io
 import secrets
 import warnings
@@ -26,11 +27,17 @@ if TYPE_CHECKING:
 # MPEG headers only, EPS needs Ghostscript, WMF needs Windows): a folder scan skips them.
 _UNDECODABLE_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "MPEG", "EPS", "WMF"})
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    suffix
-    for suffix, format_name in Image.registered_extensions().items()
-    if format_name in Image.OPEN and format_name not in _UNDECODABLE_FORMATS
-)
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The file suffixes of the image formats Pillow can decode (listing them loads every
+    Pillow plugin, which takes longer than reading a photo: only folder scans need it)."""
+    return frozenset(
+        suffix
+        for suffix, format_name in Image.registered_extensions().items()
+        if format_name in Image.OPEN and format_name not in _UNDECODABLE_FORMATS
+    )
+
 
 _OUTPUT_FORMATS = {
     ".jpg": "JPEG",
@@ -169,7 +176,7 @@ def find_images(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(
         path
         for path in candidates
-        if path.suffix.lower() in IMAGE_SUFFIXES
+        if path.suffix.lower() in image_suffixes()
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
         and path.is_file()
     )

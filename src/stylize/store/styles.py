@@ -55,7 +55,7 @@ class StyleRef:
 
 def parse_style(text: str) -> StyleRef:
     """Classifies a `--style` value without loading anything (see the module's docstring)."""
-    from stylize.engine.imageio import IMAGE_SUFFIXES
+    from stylize.engine.imageio import image_suffixes
     from stylize.store.registry import validate_name
 
     indexed = _INDEXED.fullmatch(text)
@@ -96,7 +96,7 @@ def parse_style(text: str) -> StyleRef:
             "NETWORK:N, an image file or a model file)"
         )
     label = path.stem.split(".")[0] or "styled"
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in image_suffixes():
         return StyleRef(text, label, image=path)
     return StyleRef(text, label, file=path)
 
