@@ -434,3 +434,25 @@ def test_ctrl_c_when_the_checkpoint_cannot_be_written_names_the_last_one(
     )
     assert result.stdout == ""
     assert torch.load(workdir / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_a_batch_too_large_for_memory_is_one_line_before_any_work(
+    cli, photos: Path, art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylize.engine import memory
+
+    available = memory.Available(int(3e9), "available on this machine")
+    monkeypatch.setattr(memory, "available_memory", lambda device: available)
+    monkeypatch.delenv("STYLIZE_MEMORY_CHECK", raising=False)
+    result = cli(
+        "train", "-s", art, "--data", photos, "--workdir", tmp_path / "work", "--workers", "0",
+        "--device", "cpu", "--precision", "fp32", "--image-size", "512", "--batch-size", "8",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: training with --batch-size 8 and --image-size 512 on cpu needs about "
+    ), result.stderr
+    assert "is available on this machine: use --batch-size" in lines[0]
+    # Refused before VGG19 is fetched (no store has it here) or anything is trained.
+    assert "vgg19" not in result.stderr and not (tmp_path / "work" / "losses.csv").exists()
