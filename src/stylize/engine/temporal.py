@@ -30,10 +30,10 @@ import numpy as np
 
 # Chosen by benchmarks/bench_video.py (640x360 pan and zoom, 26-style network, style 19): 0.3 is
 # the lightest weight measured that halves the frame-by-frame warping error on both clips (0.41
-# and 0.43 of it with "fast"), and the heavier ones blur the texture more (fine detail 0.71 of
-# the per-frame stylization's at 0.3, 0.54 at 0.5, 0.40 at 0.7). "fast" flags a tenth as many
-# pixels inconsistent as "ultrafast" (1.3% against 7.6% on the pan) and flickers less for 20 ms
-# more a frame; "medium" costs twice as much again for nothing measurable.
+# and 0.44 of it with "fast"), and the heavier ones blur the texture more (fine detail 0.71 of
+# the per-frame stylization's at 0.3, 0.54 at 0.5, 0.40 at 0.7). "fast" flags a sixth as many
+# pixels inconsistent as "ultrafast" (1.3% against 7.8% on the pan) and flickers less, for
+# well under a tenth of the stylization's time; "medium" costs twice as much for nothing measurable.
 DEFAULT_WEIGHT = 0.3
 DEFAULT_PRESET = "fast"
 PRESETS = ("ultrafast", "fast", "medium")
