@@ -1,0 +1,332 @@
+"""`stylize apply` on the CPU path: installed networks run on ONNX Runtime without PyTorch, give
+what PyTorch gives, folders run one image per core in input order, and whatever ONNX Runtime
+does not take (big images, style pictures, --tile-size) runs on PyTorch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from real_weights import TF_GRAPHDEF, WHEEL
+from style_nets import random_style_net
+from stylize.cli import _apply_run
+from stylize.engine import hardware
+from stylize.engine.onnx_run import OnnxStylizer
+from stylize.engine.transformer import TransformerConfig
+from stylize.store.registry import import_model, install_model
+
+TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
+
+
+@pytest.fixture
+def tiny(stylize_home: Path) -> str:
+    state = random_style_net(config=TINY).state_dict()
+    install_model(
+        "tiny", state, {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
+    )
+    return "tiny"
+
+
+@pytest.fixture
+def real26(stylize_home: Path) -> str:
+    assert import_model(TF_GRAPHDEF) == "multistyle26"
+    return "multistyle26"
+
+
+class Engines:
+    """Which engine stylized what: the sizes (H, W) of the images each one got, and the
+    threads ONNX Runtime ran them on."""
+
+    def __init__(self) -> None:
+        self.onnx: list[tuple[int, int]] = []
+        self.torch: list[tuple[int, int]] = []
+        self.threads: set[str] = set()
+        self.slow_edge: int | None = None
+
+
+@pytest.fixture
+def engines(monkeypatch: pytest.MonkeyPatch) -> Engines:
+    seen = Engines()
+    onnx_call = OnnxStylizer.__call__
+    torch_for_photo = _apply_run.TorchStylizers.for_photo
+
+    def on_onnx(self, content, **options):
+        seen.onnx.append(tuple(content.shape[-2:]))
+        seen.threads.add(threading.current_thread().name)
+        if seen.slow_edge is not None and content.shape[-1] >= seen.slow_edge:
+            time.sleep(0.5)  # a large image: finished after the small ones that follow it
+        return onnx_call(self, content, **options)
+
+    def on_torch(self, content, strength):
+        seen.torch.append(tuple(content.shape[-2:]))
+        return torch_for_photo(self, content, strength)
+
+    monkeypatch.setattr(OnnxStylizer, "__call__", on_onnx)
+    monkeypatch.setattr(_apply_run.TorchStylizers, "for_photo", on_torch)
+    monkeypatch.delenv("STYLIZE_ONNX", raising=False)
+    return seen
+
+
+@pytest.fixture
+def cpus(monkeypatch: pytest.MonkeyPatch):
+    def set_cpus(count: int) -> None:
+        monkeypatch.setattr(hardware, "usable_cpus", lambda: count)
+
+    set_cpus(1)
+    return set_cpus
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def assert_close_pixels(first: Path, second: Path) -> None:
+    """8-bit results of the two engines: rounding apart."""
+    difference = np.abs(pixels(first) - pixels(second))
+    assert difference.mean() < 1.0 and difference.max() <= 2
+
+
+def run_cli(code_args: list[str], home: Path, **environment: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys\n"
+        "from stylize.cli import main\n"
+        f"sys.argv = ['stylize', *{code_args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "STYLIZE_ONNX"}
+    env.update(STYLIZE_HOME=str(home), **environment)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_the_cpu_path_never_imports_torch(tiny, make_image, stylize_home, tmp_path):
+    photo = make_image("photo.png", size=(50, 38))
+    onnx_out, torch_out = tmp_path / "onnx.png", tmp_path / "torch.png"
+    args = ["apply", str(photo), "-s", tiny, "--device", "cpu", "-q"]
+    completed = run_cli([*args, "-o", str(onnx_out)], stylize_home)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [str(onnx_out), "False"]
+    # The same command on PyTorch does import it (so the check above can fail).
+    torch_args = [*args, "--precision", "fp32", "-o", str(torch_out)]
+    completed = run_cli(torch_args, stylize_home, STYLIZE_ONNX="0")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [str(torch_out), "True"]
+    assert np.abs(pixels(onnx_out) - pixels(torch_out)).max() <= 1
+
+
+def test_a_graph_missing_from_the_cache_is_exported_then_used(
+    tiny, make_image, stylize_home, tmp_path, cli, engines
+):
+    from stylize.store.compiled import graphs_dir
+
+    for graph in graphs_dir().iterdir():
+        graph.unlink()
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert len(list(graphs_dir().glob("tiny.*.onnx"))) == 1
+    assert engines.onnx == [(32, 48)] and engines.torch == []
+
+
+@pytest.mark.parametrize(
+    "styles", [["starry"], ["starry", "great-wave"]], ids=["starry", "starry+great-wave"]
+)
+def test_onnx_runtime_gives_what_pytorch_gives_on_the_real_26_style_network(
+    cli, real26, make_image, tmp_path, engines, monkeypatch, styles
+):
+    photo = make_image("photo.png", size=(71, 45), seed=3)
+    style_options = [option for name in styles for option in ("-s", name)]
+    onnx_out, torch_out = tmp_path / "onnx.png", tmp_path / "torch.png"
+    result = cli("apply", photo, *style_options, "--device", "cpu", "-o", onnx_out)
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(45, 71)] and engines.torch == []
+
+    monkeypatch.setenv("STYLIZE_ONNX", "0")
+    result = cli(
+        "apply", photo, *style_options, "--device", "cpu", "--precision", "fp32", "-o", torch_out
+    )
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(45, 71)] and engines.torch == [(45, 71)]
+    assert_close_pixels(onnx_out, torch_out)
+    assert pixels(onnx_out).std() > 20
+
+
+def folder_of_images(make_image) -> list[Path]:
+    """A large image first, then small ones: in parallel the small ones finish first."""
+    return [
+        make_image("photos/a.png", size=(160, 120), seed=0),
+        make_image("photos/b.png", size=(40, 32), seed=1),
+        make_image("photos/c.jpg", size=(36, 36), seed=2),
+        make_image("photos/d.png", size=(32, 44), seed=3),
+        make_image("photos/e.png", size=(48, 40), seed=4),
+    ]
+
+
+def test_a_folder_on_several_cores_gives_the_same_files_in_input_order(
+    cli, tiny, make_image, tmp_path, engines, cpus
+):
+    photos = folder_of_images(make_image)
+    folder = photos[0].parent
+    engines.slow_edge = 160
+    cpus(1)
+    serial = cli("apply", folder, "-s", tiny, "--device", "cpu", "-o", tmp_path / "one")
+    assert serial.exit_code == 0, serial.stderr
+    assert len(engines.threads) == 1
+    engines.threads.clear()
+    cpus(2)
+    parallel = cli("apply", folder, "-s", tiny, "--device", "cpu", "-o", tmp_path / "two")
+    assert parallel.exit_code == 0, parallel.stderr
+    assert len(engines.threads) == 2 and threading.current_thread().name not in engines.threads
+
+    names = [f"{photo.stem}.tiny{photo.suffix}" for photo in photos]
+    assert serial.stdout.splitlines() == [str(tmp_path / "one" / name) for name in names]
+    assert parallel.stdout.splitlines() == [str(tmp_path / "two" / name) for name in names]
+    for name in names:
+        one, two = tmp_path / "one" / name, tmp_path / "two" / name
+        assert (one.suffix == ".jpg") or one.read_bytes() == two.read_bytes()
+        assert np.array_equal(pixels(one), pixels(two))
+
+
+def test_a_failing_image_in_a_parallel_run_is_reported_and_the_others_written(
+    cli, tiny, make_image, tmp_path, engines, cpus
+):
+    photos = folder_of_images(make_image)
+    broken = photos[0].parent / "c2.png"
+    broken.write_bytes(b"not an image")
+    engines.slow_edge = 160
+    cpus(4)
+    result = cli("apply", photos[0].parent, "-s", tiny, "--device", "cpu", "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert len(engines.threads) >= 2
+    good = [f"{photo.stem}.tiny{photo.suffix}" for photo in photos]
+    assert result.stdout.splitlines() == [str(tmp_path / "out" / name) for name in good]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(good)
+    assert "c2.png" in result.stderr
+    assert "1 of 6 images failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_image_too_large_for_memory_runs_on_pytorch_and_still_matches(
+    cli, real26, make_image, tmp_path, engines, monkeypatch
+):
+    small = make_image("photos/small.png", size=(40, 32), seed=1)
+    large = make_image("photos/large.png", size=(96, 80), seed=2)
+    reference = tmp_path / "reference"
+    result = cli("apply", small.parent, "-s", "starry", "--device", "cpu", "-o", reference)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(engines.onnx) == [(32, 40), (80, 96)] and engines.torch == []
+
+    # 640 bytes a pixel for the 26-style network: the small image fits, the large does not.
+    engines.onnx.clear()
+    monkeypatch.setattr(_apply_run, "_memory_budget", lambda: 640 * 40 * 32 * 2 * 2)
+    out = tmp_path / "out"
+    result = cli("apply", small.parent, "-s", "starry", "--device", "cpu", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(32, 40)] and engines.torch == [(80, 96)]
+    for photo in (small, large):
+        name = f"{photo.stem}.starry.png"
+        assert_close_pixels(out / name, reference / name)
+
+
+def test_style_pictures_run_on_pytorch(cli, make_image, tmp_path, engines, stylize_home):
+    assert import_model(WHEEL) == "arbitrary"
+    photo = make_image("photo.png", size=(48, 40))
+    painting = make_image("painting.png", size=(64, 64), seed=7)
+    result = cli("apply", photo, "-s", painting, "--device", "cpu", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [] and engines.torch == [(40, 48)]
+    assert pixels(tmp_path / "out.png").std() > 10
+
+
+def test_tile_size_runs_on_pytorch(cli, tiny, make_image, tmp_path, engines):
+    photo = make_image("photo.png", size=(80, 72))
+    result = cli(
+        "apply",
+        photo,
+        "-s",
+        tiny,
+        "--device",
+        "cpu",
+        "--tile-size",
+        "64",
+        "--precision",
+        "fp32",
+        "-o",
+        tmp_path / "t.png",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [] and engines.torch == [(72, 80)]
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", tmp_path / "o.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(72, 80)]
+    assert np.abs(pixels(tmp_path / "t.png") - pixels(tmp_path / "o.png")).max() <= 1
+
+
+def test_reduced_precision_and_stylize_onnx_0_run_on_pytorch(
+    cli, tiny, make_image, tmp_path, engines, monkeypatch
+):
+    photo = make_image("photo.png")
+    result = cli(
+        "apply",
+        photo,
+        "-s",
+        tiny,
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "-o",
+        tmp_path / "a.png",
+    )
+    assert result.exit_code == 0, result.stderr
+    monkeypatch.setenv("STYLIZE_ONNX", "0")
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", tmp_path / "b.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [] and engines.torch == [(32, 48), (32, 48)]
+
+
+def test_auto_device_uses_onnx_runtime_only_without_a_gpu(
+    cli, tiny, make_image, tmp_path, engines, monkeypatch
+):
+    from stylize.engine import onnx_run
+
+    photo = make_image("photo.png")
+    monkeypatch.setattr(onnx_run, "torch_may_find_accelerator", lambda: False)
+    result = cli("apply", photo, "-s", tiny, "-o", tmp_path / "a.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(32, 48)] and engines.torch == []
+    # Said to have a GPU (which this machine may not): PyTorch decides.
+    monkeypatch.setattr(onnx_run, "torch_may_find_accelerator", lambda: True)
+    result = cli("apply", photo, "-s", tiny, "-o", tmp_path / "b.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(32, 48)] and engines.torch == [(32, 48)]
+
+
+def test_a_network_without_a_graph_runs_on_pytorch_with_a_warning(
+    cli, tiny, make_image, tmp_path, engines, monkeypatch
+):
+    from stylize.engine.export import ExportError
+    from stylize.store import compiled
+
+    def refuse(name: str, path: Path) -> Path:
+        raise ExportError("no ONNX form for a convolution of type Conv2d")
+
+    monkeypatch.setattr(compiled, "compiled_graph", refuse)
+    result = cli("apply", make_image(), "-s", tiny, "--device", "cpu", "-o", tmp_path / "a.png")
+    assert result.exit_code == 0, result.stderr
+    assert "tiny runs on PyTorch: no ONNX form" in result.stderr
+    assert engines.onnx == [] and engines.torch == [(32, 48)]
