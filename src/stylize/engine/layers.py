@@ -62,11 +62,17 @@ class UpsampleConvLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self.conv2d.weight, self.conv2d.bias
-        kernels = _phase_taps(_phase_taps(weight, 3), 3).flatten(0, 2)
+        kernels = phase_kernels(weight)
         with full_precision(x.device.type):
             x = F.pad(x, (1, 1, 1, 1), mode="replicate")
         phases = F.conv2d(x, kernels, bias.repeat(4))
         return _InterleavePhases.apply(phases)
+
+
+def phase_kernels(weight: Tensor) -> Tensor:
+    """A 3x3 convolution's (O, I, 3, 3) kernel as the four phases' 2x2 kernels, (4 O, I, 2, 2):
+    phase (a, b) (output row and column parity) is output channels (2a + b) O to (2a + b + 1) O."""
+    return _phase_taps(_phase_taps(weight, 3), 3).flatten(0, 2)
 
 
 def _phase_taps(weight: Tensor, dim: int) -> Tensor:
