@@ -163,7 +163,8 @@ def apply(
     weights = parse_blend(style_blend, len(refs))
     suffix = None if image_format is None else f".{image_format.value}"
     target = None if output is None else _Output(Path(output), output.endswith(("/", os.sep)))
-    if _PIPE in inputs or (target is not None and target.path == _PIPE):
+    piped = _PIPE in inputs or (target is not None and target.path == _PIPE)
+    if piped:
         jobs = _piped_jobs(inputs, target, blend_label(refs), suffix)
     else:
         jobs = _plan(inputs, target, recursive, blend_label(refs), suffix)
@@ -200,6 +201,9 @@ def apply(
     finally:
         _remove_empty_folders(created)
     if runner.failed:
+        if piped:
+            # A piped run has one image, and its error is reported already: one line.
+            raise typer.Exit(code=1)
         raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
 
 
