@@ -212,3 +212,17 @@ def test_pipes_in_a_real_process(tiny, make_image, stylize_home, tmp_path):
     assert completed.returncode == 1
     assert completed.stdout == b""
     assert b"no style named 'nothing'" in completed.stderr
+
+
+def test_an_existing_file_needs_overwrite_when_reading_standard_input(
+    run, tiny, make_image, tmp_path
+):
+    photo = make_image("photo.png")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"keep me")
+    result = run("apply", "-", "-s", tiny, "-o", target, input=photo.read_bytes())
+    assert result.exit_code == 1
+    assert "exists" in result.stderr and target.read_bytes() == b"keep me"
+    result = run("apply", "-", "-s", tiny, "-o", target, "--overwrite", input=photo.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    assert pixels(target).shape == (32, 48, 3)
