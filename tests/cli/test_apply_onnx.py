@@ -330,3 +330,18 @@ def test_a_network_without_a_graph_runs_on_pytorch_with_a_warning(
     assert result.exit_code == 0, result.stderr
     assert "tiny runs on PyTorch: no ONNX form" in result.stderr
     assert engines.onnx == [] and engines.torch == [(32, 48)]
+
+
+def test_tile_size_does_not_change_the_result_at_the_default_precision(
+    cli, tiny, make_image, tmp_path, engines
+):
+    """--tile-size promises the same result; on the CPU the untiled run is float32 (ONNX
+    Runtime), so the tiled one must not switch to bfloat16 under --precision auto."""
+    photo = make_image("photo.png", size=(80, 72))
+    tiled, whole = tmp_path / "tiled.png", tmp_path / "whole.png"
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "--tile-size", "64", "-o", tiled)
+    assert result.exit_code == 0, result.stderr
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", whole)
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(72, 80)] and engines.torch == [(72, 80)]
+    assert np.abs(pixels(tiled) - pixels(whole)).max() <= 1
