@@ -233,6 +233,7 @@ def test_an_image_too_large_for_memory_runs_on_pytorch_and_still_matches(
     # 640 bytes a pixel for the 26-style network: the small image fits, the large does not.
     engines.onnx.clear()
     monkeypatch.setattr(_apply_run, "_memory_budget", lambda: 640 * 40 * 32 * 2 * 2)
+    monkeypatch.setattr(_apply_run, "_ALWAYS_FITS", 0)
     out = tmp_path / "out"
     result = cli("apply", small.parent, "-s", "starry", "--device", "cpu", "-o", out)
     assert result.exit_code == 0, result.stderr

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from stylize.cli import _console
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from stylize.engine.imageio import LoadedImage
@@ -36,11 +35,13 @@ if TYPE_CHECKING:
 # Images in flight at once on ONNX Runtime; more cores then go to each image's threads.
 _MAX_WORKERS = 4
 # Share of the available memory one image may take on ONNX Runtime before it runs tiled on
-# PyTorch instead (each of the images in flight); without a reading, a fixed budget.
+# PyTorch instead (each of the images in flight); without a reading, a fixed budget. Images
+# needing less than the floor run whole without asking.
 _MEMORY_SHARE = 0.5
 _DEFAULT_BUDGET = 2 << 30
+_ALWAYS_FITS = 256 << 20
 
-Stylize = Callable[..., np.ndarray]
+Stylize = Callable[..., "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,20 @@ class OnnxStylizers(Stylizers):
         cpus = usable_cpus()
         self.workers = max(1, min(jobs, cpus, _MAX_WORKERS))
         self.stylizer = OnnxStylizer(graph, style, threads=max(1, cpus // self.workers))
-        self.budget = _memory_budget() // self.workers
+        self._budget: int | None = None
         self._fallback = fallback
         self._fallen_back: Stylizers | None = None
         self._lock = threading.Lock()
 
     def for_photo(self, content: np.ndarray, strength: float) -> tuple[Stylize, float]:
-        pixels = content.shape[-2] * content.shape[-1]
-        if self.stylizer.bytes_per_pixel * pixels <= self.budget:
+        needed = self.stylizer.bytes_per_pixel * content.shape[-2] * content.shape[-1]
+        if needed <= _ALWAYS_FITS:
             return self.stylizer, strength
         with self._lock:
+            if self._budget is None:
+                self._budget = _memory_budget() // self.workers
+            if needed <= self._budget:
+                return self.stylizer, strength
             if self._fallen_back is None:
                 self._fallen_back = self._fallback()
         return self._fallen_back.for_photo(content, strength)
@@ -173,9 +178,14 @@ def make_stylizers(
     jobs: int,
     quiet: bool,
 ) -> Stylizers:
-    """The stylizers for `refs` (downloading their network on first use)."""
-    from stylize.engine.onnx_run import runs_on_onnx
+    """The stylizers for `refs` (downloading their network on first use).
 
+    On the CPU, `--precision auto` is float32 whichever engine runs: the result of a photo does
+    not depend on its size or on --tile-size."""
+    from stylize.engine.onnx_run import on_cpu, runs_on_onnx
+
+    if precision == "auto" and on_cpu(device):
+        precision = "fp32"
     messages = {"on_warning": _console.warn, "on_info": lambda text: _console.info(text, quiet)}
 
     def on_torch(device: str = device, precision: str = precision) -> Stylizers:
@@ -344,6 +354,8 @@ class Runner:
     def _flush(
         self, batch: list[tuple[Job, LoadedImage, np.ndarray]], on_progress: Callable[[int], None]
     ) -> None:
+        import numpy as np
+
         if not batch:
             return
         try:

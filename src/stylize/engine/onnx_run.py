@@ -43,8 +43,11 @@ def runs_on_onnx(device: str, precision: str) -> bool:
     for, or the only device PyTorch could find) in float32."""
     if os.environ.get(ENGINE_VARIABLE, "1").strip() == "0":
         return False
-    if precision.strip().lower() not in ("auto", "fp32"):
-        return False
+    return precision.strip().lower() in ("auto", "fp32") and on_cpu(device)
+
+
+def on_cpu(device: str) -> bool:
+    """Whether `--device` means the CPU: asked for, or the only device PyTorch could find."""
     choice = device.strip().lower()
     return choice == "cpu" or (choice == "auto" and not torch_may_find_accelerator())
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from stylize.atomic import remove_stale_temporaries
 from stylize.engine.onnx_run import GRAPH_VERSION
-from stylize.store.download import file_sha256
-from stylize.store.paths import cache_dir
+from stylize.store.paths import cache_dir, file_sha256
 
 _DIGEST_LENGTH = 16
 

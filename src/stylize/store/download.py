@@ -26,7 +26,7 @@ from stylize.atomic import (
 )
 from stylize.errors import StylizeError
 from stylize.store.catalog import CatalogEntry
-from stylize.store.paths import downloads_dir
+from stylize.store.paths import downloads_dir, file_sha256
 
 MIRROR_VARIABLE = "STYLIZE_MODEL_MIRROR"
 TIMEOUT_VARIABLE = "STYLIZE_DOWNLOAD_TIMEOUT"
@@ -89,20 +89,6 @@ def torch_hub_file(entry: CatalogEntry) -> Path | None:
     )
     candidate = Path(torch_home).expanduser() / "hub" / "checkpoints" / entry.file_name
     return candidate if candidate.is_file() else None
-
-
-def file_sha256(path: Path, on_progress: ProgressCallback | None = None) -> str:
-    """The full sha256 hex digest of a file."""
-    report = on_progress or _ignore_progress
-    total = path.stat().st_size
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            done += len(chunk)
-            report(done, total)
-    return digest.hexdigest()
 
 
 @contextmanager

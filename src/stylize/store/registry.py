@@ -27,14 +27,20 @@ from stylize.store.modelfile import (
     read_tensors,
     write_model_file,
 )
-from stylize.store.paths import cache_dir, downloads_dir, models_dir
+from stylize.store.paths import (
+    NAME_PATTERN,
+    cache_dir,
+    downloads_dir,
+    model_path,
+    models_dir,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 VGG19 = "vgg19"
 SOURCES = ("catalog", "trained", "imported")
-_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # features.28 is conv5_1, the deepest layer the losses use; later layers are dropped.
 _VGG19_LAST_LAYER = 28
 
@@ -47,21 +53,6 @@ _LEGACY_MODEL_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}|\..+\.[0-9a-f]{8}\.tm
 _LEGACY_DOWNLOAD_TEMPORARY = re.compile(r"\..+")
 # The catalog's multi-style network (multistyle26) holds this many styles.
 _CATALOG_STYLES = 26
-
-
-def validate_name(name: str) -> str:
-    """`name` when it is a valid model name, else StylizeError."""
-    if not _NAME_PATTERN.fullmatch(name):
-        raise StylizeError(
-            f"invalid model name {name!r}: use up to 64 lowercase letters, digits, '-' and '_', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def model_path(name: str) -> Path:
-    """Where the model `name` is (or would be) installed."""
-    return models_dir() / f"{validate_name(name)}.safetensors"
 
 
 def install_model(
@@ -465,7 +456,7 @@ def _installed_files() -> dict[str, Path]:
     return {
         file.stem: file
         for file in sorted(folder.glob("*.safetensors"))
-        if _NAME_PATTERN.fullmatch(file.stem)
+        if NAME_PATTERN.fullmatch(file.stem)
     }
 
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from stylize.errors import StylizeError
 from stylize.store import catalog
 from stylize.store.convert import ARBITRARY, JOHNSON, MULTISTYLE, convert_style_file, family_of
-from stylize.store.download import DownloadError
 from stylize.store.modelfile import read_header, read_model_file, read_model_meta
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ class StyleRef:
 def parse_style(text: str) -> StyleRef:
     """Classifies a `--style` value without loading anything (see the module's docstring)."""
     from stylize.engine.imageio import image_suffixes
-    from stylize.store.registry import validate_name
+    from stylize.store.paths import validate_name
 
     indexed = _INDEXED.fullmatch(text)
     if indexed and not Path(text).exists():
@@ -79,7 +78,7 @@ def parse_style(text: str) -> StyleRef:
         lowered = text.lower()
         network = lowered.split(":", 1)[0] if _INDEXED.fullmatch(lowered) else lowered
         if lowered != text and not path.exists():
-            from stylize.store.registry import model_path
+            from stylize.store.paths import model_path
 
             try:
                 known = (
@@ -338,11 +337,14 @@ def _installed_path(
     on_info: MessageCallback | None = None,
 ) -> Path:
     """The file of the installed model `name`, pulling a catalog entry on first use."""
-    from stylize.store.registry import model_path, pull
+    from stylize.store.paths import model_path
 
     path = model_path(name)
     if path.exists():
         return path
+    from stylize.store.download import DownloadError
+    from stylize.store.registry import pull
+
     entry = catalog.load_catalog().get(name)
     if entry is None:
         raise StylizeError(
