@@ -26,7 +26,7 @@ from stylize.errors import StylizeError
 
 #: The graph's contract with `export.py`; bumped whenever the exported graphs change, so cached
 #: exports are rebuilt.
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 IMAGE_INPUT, STYLE_INPUT, OUTPUT = "image", "style", "stylized"
 #: Graph metadata: the channels of the widest full-resolution tensor, which decides memory use.
 CHANNELS_KEY = "full_resolution_channels"
