@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from rich.console import Console
 
-from stylize.cli import _console
+from stylize.cli import _bars, _console
 
 OPTIMIZE_FIELDS = "loss {loss:.4g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g})"
 TRAIN_FIELDS = (
@@ -164,7 +164,7 @@ def test_the_details_give_way_in_order():
     from rich.text import Text
 
     def fit(width: int) -> str:
-        return _console.fit_line(
+        return _bars.fit_line(
             Text("scale 1/1 128x85"),
             Text("250/500"),
             Text("0:06"),
