@@ -67,40 +67,36 @@ def sheet(
         original = resize_long_edge(original, size)
     chosen = list(styles) if styles else _default_styles()
 
-    from stylize.engine.imageio import save_image, to_image, to_tensor
-    from stylize.engine.inference import Stylizer
-    from stylize.engine.runtime import Runtime
+    from stylize.cli._apply_run import make_stylizers
+    from stylize.engine.imageio import array_to_image, image_to_array, save_image
+    from stylize.engine.settings import DEFAULT_STYLE_SIZE
     from stylize.engine.sheet import contact_sheet
-    from stylize.engine.styling import PaintingStyle
-    from stylize.store.convert import ARBITRARY
-    from stylize.store.styles import load_styles, parse_style
+    from stylize.store.styles import parse_style
 
-    runtime = Runtime.create(device, precision.value)
-    content = to_tensor(original)
+    content = image_to_array(original)
     refs = [parse_style(text) for text in chosen]
     tiles = [("original", original)]
     with _console.progress("stylizing", len(refs), quiet) as on_progress:
         for done, ref in enumerate(refs):
-            with _console.download_progress("downloading the style network", quiet) as fetch:
-                loaded = load_styles(
-                    [ref],
-                    on_progress=fetch,
-                    on_warning=_console.warn,
-                    on_info=lambda message: _console.info(message, quiet),
-                )
-            if loaded.family == ARBITRARY:
-                paintings = [to_tensor(load_image(path).rgb) for path in loaded.images]
-                painting = PaintingStyle(
-                    loaded.predictor, loaded.network, paintings, loaded.mix, device=runtime.device
-                )
-                net = painting.network_for()
-            else:
-                net = loaded.fixed_network()
+            # The engine apply would use for this style: ONNX Runtime on a CPU-only machine.
+            stylizers = make_stylizers(
+                [ref],
+                None,
+                device=device,
+                precision=precision.value,
+                tile_size=None,
+                style_size=DEFAULT_STYLE_SIZE,
+                strength=1.0,
+                batch_size=1,
+                jobs=1,
+                quiet=quiet,
+            )
+            stylize, _ = stylizers.for_photo(content, 1.0)
             try:
-                result = Stylizer(net, runtime)(content)[0]
+                result = stylize(content)
             except StylizeError as error:
                 raise StylizeError(f"{photo}: {error}") from None
-            tiles.append((_label(ref.text, ref.label), to_image(result)))
+            tiles.append((_label(ref.text, ref.label), array_to_image(result)))
             on_progress(done + 1)
     save_image(contact_sheet(tiles, columns), target, overwrite=overwrite)
     _console.result(str(target))
