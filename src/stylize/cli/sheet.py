@@ -12,8 +12,6 @@ from stylize.cli._options import DeviceOption, Precision, PrecisionOption, Quiet
 from stylize.errors import StylizeError
 
 MULTISTYLE_NETWORK = "multistyle26"
-# Its number of styles, known here without loading it (torch-free, like all option parsing).
-MULTISTYLE_STYLES = 26
 
 
 def sheet(
@@ -116,7 +114,11 @@ def _default_styles() -> list[str]:
         and row.path is not None
         and _single_style(Path(row.path))
     ]
-    return [f"{MULTISTYLE_NETWORK}:{index}" for index in range(MULTISTYLE_STYLES)] + singles
+    from stylize.store import catalog
+
+    # The catalog knows its number of styles without loading it.
+    styles = catalog.load_catalog()[MULTISTYLE_NETWORK].styles
+    return [f"{MULTISTYLE_NETWORK}:{index}" for index in range(styles)] + singles
 
 
 def _single_style(path: Path) -> bool:

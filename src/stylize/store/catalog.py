@@ -40,6 +40,8 @@ class CatalogEntry:
     pip: str | None = None
     #: Who made the weights, shown with the license.
     credit: str = ""
+    #: How many styles the network holds (a multi-style network's, known before it is pulled).
+    styles: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -48,6 +50,8 @@ class CatalogEntry:
             raise StylizeError(f"catalog entry {self.name!r}: sha256 must be 8 to 64 hex digits")
         if self.size is not None and self.size <= 0:
             raise StylizeError(f"catalog entry {self.name!r}: size must be positive")
+        if self.styles < 1:
+            raise StylizeError(f"catalog entry {self.name!r}: styles must be at least 1")
         if not self.file_name or "/" in self.file_name or "\\" in self.file_name:
             raise StylizeError(f"catalog entry {self.name!r}: file_name must be a plain name")
         if not all(_FULL_SHA256.fullmatch(digest) for digest in self.members.values()):

@@ -52,7 +52,6 @@ MessageCallback = Callable[[str], None]
 _LEGACY_MODEL_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}|\..+\.[0-9a-f]{8}\.tmp")
 _LEGACY_DOWNLOAD_TEMPORARY = re.compile(r"\..+")
 # The catalog's multi-style network (multistyle26) holds this many styles.
-_CATALOG_STYLES = 26
 
 
 def install_model(
@@ -385,9 +384,9 @@ def _style_count(description: Mapping[str, Any]) -> int:
         return max((shape[0] for shape in shapes if len(shape) == 2), default=0)
     if description["installed"]:
         return 0
-    # Not installed: the catalog's multi-style networks are known by their named styles.
-    networks = {style.network for style in catalog.named_styles().values()}
-    return _CATALOG_STYLES if description["name"] in networks else 0
+    # Not installed: the catalog says how many styles its multi-style networks hold.
+    entry = catalog.load_catalog().get(description["name"])
+    return entry.styles if entry is not None and entry.styles > 1 else 0
 
 
 def _describe_file(name: str) -> dict[str, Any]:
