@@ -10,10 +10,14 @@ arrays (N, 3, H, W) in [0, 1], so the loop is the same.
 A folder on ONNX Runtime runs one image per CPU core at once, each on one thread: small
 convolutions scale better across images than across threads, and reading and writing files
 overlaps with the other images' arithmetic. Outputs are reported in input order.
+
+Clips (videos and animated GIFs) run one at a time, each through the `clips` runner
+(`_video_run.ClipRunner`), between the images around them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +44,8 @@ _MAX_WORKERS = 4
 _MEMORY_SHARE = 0.5
 _DEFAULT_BUDGET = 2 << 30
 _ALWAYS_FITS = 256 << 20
+# The exit code of a run stopped by Ctrl-C, as in optimize and train.
+INTERRUPTED_EXIT_CODE = 130
 
 Stylize = Callable[..., "np.ndarray"]
 
@@ -48,6 +54,7 @@ Stylize = Callable[..., "np.ndarray"]
 class Job:
     source: Path
     target: Path
+    clip: bool = False  # a video or an animated GIF, run by `Runner.clips`
 
 
 @dataclass(frozen=True)
@@ -276,7 +283,8 @@ def _memory_budget() -> int:
 
 class Runner:
     """Reads, stylizes and writes images: several at once on ONNX Runtime, batches of
-    consecutive same-size images on PyTorch. `write(job, image, alpha)` saves one result."""
+    consecutive same-size images on PyTorch. `write(job, image, alpha)` saves one result;
+    `clips(job)` stylizes a clip job into its target. `written` lists the files written."""
 
     def __init__(
         self,
@@ -284,14 +292,56 @@ class Runner:
         settings: Settings,
         read: Callable[[Job], LoadedImage],
         write: Callable[[Job, Image.Image, Image.Image | None], None],
+        clips: Callable[[Job], None] | None = None,
     ) -> None:
         self.stylizers = stylizers
         self.settings = settings
         self.read, self.write = read, write
+        self.clips = clips
         self.finished = 0
         self.failed = 0
+        self.written: list[Path] = []
+        self.current_clip: Job | None = None
 
     def run(self, jobs: Sequence[Job], on_progress: Callable[[int], None]) -> None:
+        """Runs `jobs` in order: each clip alone, the images between them as before."""
+        for is_clip, group in itertools.groupby(jobs, key=lambda job: job.clip):
+            if is_clip:
+                self._run_clips(list(group), on_progress)
+            else:
+                self._run_images(list(group), on_progress)
+
+    def interrupted_message(self) -> str:
+        """One line for Ctrl-C: what was kept, and which output was not written."""
+        kept = [str(path) for path in self.written]
+        if not kept:
+            kept_text = "nothing was written"
+        elif len(kept) <= 3:
+            kept_text = f"kept {len(kept)} finished file(s): {', '.join(kept)}"
+        else:
+            kept_text = (
+                f"kept {len(kept)} finished files: {', '.join(kept[:2])} and {len(kept) - 2} more"
+            )
+        clip = self.current_clip
+        if clip is None:
+            return f"interrupted: {kept_text}"
+        return f"interrupted during {clip.source}: {clip.target} was not written; {kept_text}"
+
+    def _run_clips(self, jobs: Sequence[Job], on_progress: Callable[[int], None]) -> None:
+        if self.clips is None:
+            raise RuntimeError("clip jobs need a clips runner")
+        for job in jobs:
+            self.current_clip = job
+            try:
+                self.clips(job)
+            except StylizeError as error:
+                self._report(job, error)
+            else:
+                self._report(job, None)
+            self.current_clip = None
+            on_progress(self.finished)
+
+    def _run_images(self, jobs: Sequence[Job], on_progress: Callable[[int], None]) -> None:
         if self.stylizers.workers > 1:
             self._run_parallel(jobs, on_progress)
             return
@@ -380,6 +430,7 @@ class Runner:
         self.finished += 1
         if error is None:
             if str(job.target) != "-":
+                self.written.append(job.target)
                 _console.result(str(job.target))
             return
         message, source = str(error), str(job.source)

@@ -1,4 +1,5 @@
-"""`stylize apply`: stylize images in one pass with a trained or downloaded style model."""
+"""`stylize apply`: stylize images and videos in one pass with a trained or downloaded style
+model (videos run in `_video_run.py`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ if TYPE_CHECKING:
 _FALLBACK_SUFFIX = ".png"
 # `-` as the input or the output: standard input or output.
 _PIPE = Path("-")
+# engine/temporal.DEFAULT_WEIGHT and engine/video.DEFAULT_CRF, CRF_RANGE (not imported here: they
+# load NumPy, which a run loads with its first image); tests/cli/test_apply_video.py checks them.
+_TEMPORAL_WEIGHT = 0.3
+_CRF_HELP = (
+    "Video quality (constant rate factor): lower is better and larger. Default 18 for H.264 "
+    "(mp4, mov, mkv; 0 to 51), 31 for VP9 (webm; 0 to 63), a quantizer of 3 for avi (2 to 31). "
+    "Ignored for GIF and images."
+)
+
+
+def _temporal_weight(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"{value:g} is not in the range 0 <= x < 1")
+    return value
 
 
 class ImageFormat(str, Enum):
@@ -48,7 +63,8 @@ def apply(
         list[Path],
         typer.Argument(
             metavar="INPUT...",
-            help="Image files and/or folders of images; - reads one image from standard input.",
+            help="Image files, videos (mp4, mov, mkv, webm, avi, animated GIF) and/or folders "
+            "of them; - reads one image from standard input.",
             show_default=False,
         ),
     ],
@@ -90,13 +106,13 @@ def apply(
         ImageFormat | None,
         typer.Option(
             "--format",
-            help="Format of the results that -o does not name: png for standard output, the "
-            "input's own format otherwise.",
+            help="Format of the image results that -o does not name: png for standard output, "
+            "the input's own format otherwise (videos keep their container).",
             show_default=False,
         ),
     ] = None,
     recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Also take images in subfolders.")
+        bool, typer.Option("--recursive", "-r", help="Also take images and videos in subfolders.")
     ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs (never an input).")
@@ -147,10 +163,20 @@ def apply(
             show_default=False,
         ),
     ] = None,
+    temporal_weight: Annotated[
+        float,
+        typer.Option(
+            callback=_temporal_weight,
+            help="Videos: how much of the previous stylized frame, carried along the motion, "
+            "each frame keeps (0 to below 1): steadier texture, a little softer; 0 is plain "
+            "frame by frame.",
+        ),
+    ] = _TEMPORAL_WEIGHT,
+    crf: Annotated[int | None, typer.Option(help=_CRF_HELP, show_default=False)] = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Stylize images in one pass with a style network or any picture as the style, writing
-    one file per input.
+    """Stylize images and videos in one pass with a style network or any picture as the
+    style, writing one file per input.
 
     Prints the path of every file it writes. An input that cannot be read is reported and
     skipped; the exit code is then 1.
@@ -174,11 +200,12 @@ def apply(
             skip_existing=skip_existing,
             quiet=quiet,
             folders_created=target is not None and not target.names_a_file,
+            crf=crf,
         )
     if not jobs:
         return
 
-    from stylize.cli._apply_run import Runner, Settings, make_stylizers
+    from stylize.cli._apply_run import INTERRUPTED_EXIT_CODE, Runner, Settings, make_stylizers
 
     stylizers = make_stylizers(
         refs,
@@ -194,17 +221,33 @@ def apply(
     )
     created = _create_folders(jobs)
     settings = Settings(scale, strength, preserve_color, max_size)
-    runner = Runner(stylizers, settings, _read, _writer(overwrite, suffix))
+    clips = None
+    if any(job.clip for job in jobs):
+        from stylize.cli._video_run import ClipOptions, ClipRunner
+
+        options = ClipOptions(temporal_weight, crf, overwrite, quiet)
+        clips = ClipRunner(stylizers, settings, options)
+    runner = Runner(stylizers, settings, _read, _writer(overwrite, suffix), clips)
     try:
         with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
             runner.run(jobs, on_progress)
+    except KeyboardInterrupt:
+        _console.warn(runner.interrupted_message())
+        raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
     finally:
         _remove_empty_folders(created)
     if runner.failed:
-        if piped:
-            # A piped run has one image, and its error is reported already: one line.
+        if piped or (len(jobs) == 1 and jobs[0].clip):
+            # A piped run has one image (a clip run, one clip), and its error is reported
+            # already: one line.
             raise typer.Exit(code=1)
-        raise StylizeError(f"{runner.failed} of {len(jobs)} images failed")
+        raise StylizeError(f"{runner.failed} of {len(jobs)} {_noun(jobs)} failed")
+
+
+def _noun(jobs: list[_Job]) -> str:
+    if all(job.clip for job in jobs):
+        return "videos"
+    return "images" if not any(job.clip for job in jobs) else "inputs"
 
 
 def _piped_jobs(
@@ -219,6 +262,17 @@ def _piped_jobs(
     source = inputs[0]
     if source != _PIPE and not source.is_file():
         raise typer.BadParameter(one_image, param_hint="'--output'")
+    from stylize.cli._video_run import is_clip
+
+    if source != _PIPE and is_clip(source):
+        raise typer.BadParameter(
+            "a video cannot be written to standard output: give -o FILE, or leave -o out",
+            param_hint="'--output'",
+        )
+    if target is not None and target.path != _PIPE and _is_video_name(target.path):
+        raise typer.BadParameter(
+            "a video cannot be read from standard input: give the video file as the input"
+        )
     if target is None or target.path == _PIPE:
         if sys.stdout.isatty():
             raise typer.BadParameter(
@@ -237,7 +291,18 @@ def _read(job: _Job) -> LoadedImage:
     from stylize.engine.imageio import load_image, load_image_data
 
     if job.source == _PIPE:
-        return load_image_data(sys.stdin.buffer.read(), "standard input")
+        data = sys.stdin.buffer.read()
+        try:
+            return load_image_data(data, "standard input")
+        except StylizeError:
+            from stylize.cli._video_run import looks_like_video
+
+            if looks_like_video(data):
+                raise StylizeError(
+                    "standard input holds a video: videos cannot go through standard input; "
+                    "give the video file as the input"
+                ) from None
+            raise
     return load_image(job.source)
 
 
@@ -266,6 +331,7 @@ def _plan(
     suffix: str | None = None,
 ) -> list[_Job]:
     """The input files and where each result goes."""
+    from stylize.cli._video_run import find_clips, is_clip
     from stylize.engine.imageio import find_images
 
     sources: dict[Path, tuple[Path, Path]] = {}  # resolved file: (file, its output's root)
@@ -274,7 +340,9 @@ def _plan(
             # Results of an earlier run with this style sit beside their inputs: not inputs.
             found = [
                 file
-                for file in find_images(item, recursive=recursive)
+                for file in sorted(
+                    find_images(item, recursive=recursive) + find_clips(item, recursive)
+                )
                 if not file.stem.endswith(f".{label}")
             ]
             if not found:
@@ -291,20 +359,24 @@ def _plan(
     output = None if destination is None else destination.path
     if destination is not None and destination.names_a_file:
         if len(sources) == 1 and inputs[0].is_file():
-            return [_Job(inputs[0], output)]
+            return [_Job(inputs[0], output, is_clip(inputs[0]))]
         raise typer.BadParameter(
             f"{output} looks like a file, but there are several inputs: give a folder",
             param_hint="'--output'",
         )
     jobs = []
     for file, root in sources.values():
-        kept = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
-        name = f"{file.stem}.{label}{suffix or kept}"
+        clip = is_clip(file)
+        if clip:  # a video keeps its container, an animated GIF stays a GIF
+            name = f"{file.stem}.{label}{file.suffix}"
+        else:
+            kept = file.suffix if _writable(file.suffix) else _FALLBACK_SUFFIX
+            name = f"{file.stem}.{label}{suffix or kept}"
         if output is None:
             target = file.with_name(name)
         else:
             target = output / file.relative_to(root).with_name(name)
-        jobs.append(_Job(file, target))
+        jobs.append(_Job(file, target, clip))
     return jobs
 
 
@@ -317,17 +389,23 @@ class _Output:
 
     @property
     def names_a_file(self) -> bool:
-        """Whether `-o` names an output file rather than a folder: it has an image suffix
-        (`.png`; `out.v2` is a folder), no trailing separator (`out.png/` is a folder) and is
-        not an existing folder."""
+        """Whether `-o` names an output file rather than a folder: it has an image or video
+        suffix (`.png`, `.mp4`; `out.v2` is a folder), no trailing separator (`out.png/` is a
+        folder) and is not an existing folder."""
         from stylize.engine.imageio import image_suffixes
 
         suffix = self.path.suffix.lower()
         return (
-            (_writable(suffix) or suffix in image_suffixes())
+            (_writable(suffix) or suffix in image_suffixes() or _is_video_name(self.path))
             and not self.trailing_separator
             and not self.path.is_dir()
         )
+
+
+def _is_video_name(path: Path) -> bool:
+    from stylize.engine.video import is_video
+
+    return is_video(path)
 
 
 def _writable(suffix: str) -> bool:
@@ -337,11 +415,20 @@ def _writable(suffix: str) -> bool:
 
 
 def _check_targets(
-    jobs: list[_Job], *, overwrite: bool, skip_existing: bool, quiet: bool, folders_created: bool
+    jobs: list[_Job],
+    *,
+    overwrite: bool,
+    skip_existing: bool,
+    quiet: bool,
+    folders_created: bool,
+    crf: int | None = None,
 ) -> list[_Job]:
-    """Refuses before any work what could not be written; drops skipped jobs. With
-    `folders_created`, a target's missing folder is left for `_create_folders`."""
+    """Refuses before any work what could not be written (and a --crf the output's video
+    encoder does not take); drops skipped jobs. With `folders_created`, a target's missing
+    folder is left for `_create_folders`."""
+    from stylize.cli._video_run import check_crf
     from stylize.engine.imageio import check_output_path
+    from stylize.engine.video import check_video_output
 
     sources = {job.source.resolve() for job in jobs}
     seen: dict[Path, Path] = {}
@@ -358,11 +445,14 @@ def _check_targets(
                 f"{seen[target]} and {job.source} would both be written to {job.target}"
             )
         seen[target] = job.source
+        if job.clip:
+            check_crf(job, crf)
         if job.target.exists() and skip_existing:
             _console.info(f"skipping {job.source}: {job.target} exists", quiet)
             continue
         if job.target.parent.exists() or not folders_created:
-            check_output_path(job.target, overwrite=overwrite)
+            check = check_video_output if job.clip else check_output_path
+            check(job.target, overwrite=overwrite)
         remaining.append(job)
     return remaining
 
