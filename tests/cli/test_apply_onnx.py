@@ -243,14 +243,42 @@ def test_an_image_too_large_for_memory_runs_on_pytorch_and_still_matches(
         assert_close_pixels(out / name, reference / name)
 
 
-def test_style_pictures_run_on_pytorch(cli, make_image, tmp_path, engines, stylize_home):
+@pytest.mark.parametrize("strength", ["1", "0.4"])
+def test_style_pictures_run_on_onnx_runtime_and_match_pytorch(
+    cli, make_image, tmp_path, engines, stylize_home, monkeypatch, strength
+):
     assert import_model(WHEEL) == "arbitrary"
     photo = make_image("photo.png", size=(48, 40))
-    painting = make_image("painting.png", size=(64, 64), seed=7)
-    result = cli("apply", photo, "-s", painting, "--device", "cpu", "-o", tmp_path / "out.png")
+    first = make_image("painting.png", size=(64, 80), seed=7)
+    second = make_image("other.png", size=(72, 60), seed=8)
+    styles = ["-s", first, "-s", second, "--style-blend", "0.7,0.3", "--strength", strength]
+    result = cli("apply", photo, *styles, "--device", "cpu", "-o", tmp_path / "onnx.png")
     assert result.exit_code == 0, result.stderr
-    assert engines.onnx == [] and engines.torch == [(40, 48)]
-    assert pixels(tmp_path / "out.png").std() > 10
+    assert engines.onnx == [(40, 48)] and engines.torch == []
+    assert pixels(tmp_path / "onnx.png").std() > 10
+
+    monkeypatch.setenv("STYLIZE_ONNX", "0")
+    result = cli("apply", photo, *styles, "--device", "cpu", "-o", tmp_path / "torch.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.torch == [(40, 48)]
+    assert_close_pixels(tmp_path / "onnx.png", tmp_path / "torch.png")
+
+
+def test_a_style_size_gets_its_own_predictor_graph(
+    cli, make_image, tmp_path, engines, stylize_home
+):
+    assert import_model(WHEEL) == "arbitrary"
+    photo = make_image("photo.png", size=(48, 40))
+    painting = make_image("painting.png", size=(64, 80), seed=7)
+    graphs = stylize_home / "cache" / "onnx"
+    before = {path.name for path in graphs.glob("arbitrary.*.predictor*.onnx")}
+    assert [name.split(".")[2] for name in before] == ["predictor256"]
+    out = tmp_path / "out.png"
+    result = cli("apply", photo, "-s", painting, "--style-size", "96", "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    after = {path.name for path in graphs.glob("arbitrary.*.predictor*.onnx")}
+    assert sorted(name.split(".")[2] for name in after) == ["predictor256", "predictor96"]
+    assert engines.onnx == [(40, 48)]
 
 
 def test_tile_size_runs_on_pytorch(cli, tiny, make_image, tmp_path, engines):

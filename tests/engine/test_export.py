@@ -11,10 +11,10 @@ from torch import Tensor, nn
 
 from real_weights import ARBITRARY_PREDICT_ONNX, ARBITRARY_TRANSFORM_ONNX, TF_GRAPHDEF, wheel_member
 from style_nets import TINY, random_style_net, smooth_image
-from stylize.engine.arbitrary import ArbitraryNet, load_arbitrary
-from stylize.engine.export import ExportError, export_network, network_graph
+from stylize.engine.arbitrary import ArbitraryNet, load_arbitrary, style_vector
+from stylize.engine.export import ExportError, export_network, network_graph, predictor_graph
 from stylize.engine.multistyle import MultiStyleNet, load_multistyle
-from stylize.engine.onnx_run import CHANNELS_KEY, IMAGE_INPUT, OUTPUT, STYLE_INPUT
+from stylize.engine.onnx_run import CHANNELS_KEY, IMAGE_INPUT, OUTPUT, STYLE_INPUT, STYLE_VECTOR
 from stylize.engine.stylenet import BoundNet, Stage, StyleNet
 from stylize.engine.transformer import TransformerConfig
 from stylize.errors import StylizeError
@@ -206,3 +206,28 @@ def test_unknown_layers_are_refused():
 def test_the_graph_runs_on_the_oldest_supported_onnxruntime(multistyle_graph):
     assert multistyle_graph.ir_version <= 8
     assert [(o.domain, o.version) for o in multistyle_graph.opset_import] == [("", 17)]
+
+
+@pytest.fixture(scope="module")
+def predictor() -> nn.Module:
+    tensors = read_arbitrary_onnx(
+        wheel_member(ARBITRARY_PREDICT_ONNX), wheel_member(ARBITRARY_TRANSFORM_ONNX)
+    )
+    return load_arbitrary(tensors)[0]
+
+
+@pytest.mark.parametrize("size", [256, 97, 64])
+def test_the_real_style_predictor_at_even_and_odd_sizes(predictor, size):
+    # TensorFlow's "SAME" padding differs between odd and even sides at every stride 2.
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    (vectors,) = session(predictor_graph(predictor, size)).run(
+        [STYLE_VECTOR], {IMAGE_INPUT: images.numpy()}
+    )
+    expected = style_vector(predictor, images, size).numpy()
+    assert vectors.shape == (2, 100)
+    assert np.abs(vectors - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_only_a_style_predictor_exports_as_one(multistyle):
+    with pytest.raises(ExportError, match="not a style predictor"):
+        predictor_graph(multistyle, 256)

@@ -221,3 +221,22 @@ def test_runs_without_importing_torch(multistyle, tmp_path):
         torch.from_numpy(content), scale=0.9, strength=0.8, preserve_color=True
     )
     assert np.abs(result - expected.numpy()).max() < WELL_UNDER_A_STEP
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 300, 200), (1, 3, 90, 140), (1, 3, 128, 128)])
+def test_the_predictor_takes_the_central_square_as_the_torch_one_does(tmp_path, shape):
+    from real_weights import ARBITRARY_PREDICT_ONNX, ARBITRARY_TRANSFORM_ONNX, wheel_member
+    from stylize.engine.arbitrary import load_arbitrary, style_vector
+    from stylize.engine.export import export_predictor
+    from stylize.store.formats.onnx_arbitrary import read_arbitrary_onnx
+
+    tensors = read_arbitrary_onnx(
+        wheel_member(ARBITRARY_PREDICT_ONNX), wheel_member(ARBITRARY_TRANSFORM_ONNX)
+    )
+    predictor = load_arbitrary(tensors)[0]
+    export_predictor(predictor, 128, tmp_path / "predictor.onnx")
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    vector = onnx_run.OnnxPredictor(tmp_path / "predictor.onnx", threads=1).vector_of(image.numpy())
+    expected = style_vector(predictor, image, 128)[0].numpy()
+    assert vector.shape == (100,)
+    assert np.abs(vector - expected).max() < 1e-3 * np.abs(expected).max()

@@ -81,7 +81,11 @@ class Stylizers:
 
 class OnnxStylizers(Stylizers):
     """Whole images on ONNX Runtime; those too large for memory on PyTorch, tiled, made by
-    `fallback` on first need."""
+    `fallback` on first need.
+
+    With style pictures (`paintings`: the predictor's graph and the pictures), the style vector
+    is their blend; at a strength below 1 each photo moves it towards its own (as
+    `engine/styling.PaintingStyle` does), so the strength is spent there, not on pixels."""
 
     def __init__(
         self,
@@ -89,13 +93,27 @@ class OnnxStylizers(Stylizers):
         style: Sequence[float] | None,
         jobs: int,
         fallback: Callable[[], Stylizers],
+        *,
+        paintings: tuple[Path, Sequence[np.ndarray], Sequence[float]] | None = None,
+        strength: float = 1.0,
     ) -> None:
         from stylize.engine.hardware import usable_cpus
-        from stylize.engine.onnx_run import OnnxStylizer
+        from stylize.engine.onnx_run import OnnxPredictor, OnnxStylizer
 
         cpus = usable_cpus()
         self.workers = max(1, min(jobs, cpus, _MAX_WORKERS))
-        self.stylizer = OnnxStylizer(graph, style, threads=max(1, cpus // self.workers))
+        threads = max(1, cpus // self.workers)
+        self.predictor: OnnxPredictor | None = None
+        if paintings is not None:
+            predictor_graph, pictures, mix = paintings
+            self.predictor = OnnxPredictor(predictor_graph, threads=cpus)
+            vectors = [self.predictor.vector_of(picture) for picture in pictures]
+            style = sum(weight * vector for weight, vector in zip(mix, vectors, strict=True))
+            self.per_photo = strength < 1.0
+        else:
+            self.per_photo = False
+        self.style = style
+        self.stylizer = OnnxStylizer(graph, style, threads=threads)
         self._budget: int | None = None
         self._fallback = fallback
         self._fallen_back: Stylizers | None = None
@@ -103,16 +121,27 @@ class OnnxStylizers(Stylizers):
 
     def for_photo(self, content: np.ndarray, strength: float) -> tuple[Stylize, float]:
         needed = self.stylizer.bytes_per_pixel * content.shape[-2] * content.shape[-1]
-        if needed <= _ALWAYS_FITS:
+        if needed > _ALWAYS_FITS:
+            with self._lock:
+                if self._budget is None:
+                    self._budget = _memory_budget() // self.workers
+                if needed > self._budget and self._fallen_back is None:
+                    self._fallen_back = self._fallback()
+                fallen_back = self._fallen_back if needed > self._budget else None
+            if fallen_back is not None:
+                return fallen_back.for_photo(content, strength)
+        if not self.per_photo:
             return self.stylizer, strength
-        with self._lock:
-            if self._budget is None:
-                self._budget = _memory_budget() // self.workers
-            if needed <= self._budget:
-                return self.stylizer, strength
-            if self._fallen_back is None:
-                self._fallen_back = self._fallback()
-        return self._fallen_back.for_photo(content, strength)
+        import numpy as np
+
+        assert self.predictor is not None and self.style is not None
+        own = self.predictor.vector_of(content[:1])
+        mixed = own + strength * (np.asarray(self.style) - own)
+
+        def run(images: np.ndarray, **options: Any) -> np.ndarray:
+            return self.stylizer(images, style=mixed, **options)
+
+        return run, 1.0
 
 
 class TorchStylizers(Stylizers):
@@ -210,26 +239,48 @@ def make_stylizers(
 
     if tile_size is not None or not runs_on_onnx(device, precision):
         return on_torch()
-    from stylize.store.styles import resolve_network_style
+    from stylize.store.styles import resolve_network_style, resolve_painting_style
 
+    # Style pictures are read before anything is downloaded: a bad one fails at once.
+    pictures = [_read_array(ref.image) for ref in refs if ref.image is not None]
     with _console.download_progress("downloading the style network", quiet) as on_download:
         resolved = resolve_network_style(refs, weights, on_download, **messages)
-    if resolved is None:  # style pictures and model files
+        painting = None
+        if resolved is None:
+            painting = resolve_painting_style(refs, weights, on_download, **messages)
+    if resolved is None and painting is None:  # model files given by path
         return on_torch()
-    from stylize.store.compiled import compiled_graph
+    from stylize.store.compiled import compiled_graph, compiled_predictor
 
+    name, path = (resolved.name, resolved.path) if resolved else (painting.name, painting.path)
     try:
-        graph = compiled_graph(resolved.name, resolved.path)
+        graph = compiled_graph(name, path)
+        predictor = None if painting is None else compiled_predictor(name, path, style_size)
     except StylizeError as error:
-        _console.warn(f"{resolved.name} runs on PyTorch: {error}")
+        _console.warn(f"{name} runs on PyTorch: {error}")
         return on_torch()
-    # Images too large to run whole run tiled, in the same float32 arithmetic.
+
+    def fallback() -> Stylizers:
+        # Images too large to run whole run tiled, in the same float32 arithmetic.
+        return on_torch("cpu", "fp32")
+
+    if resolved is not None:
+        return OnnxStylizers(graph, resolved.vector, jobs, fallback)
+    assert painting is not None and predictor is not None
     return OnnxStylizers(
         graph,
-        resolved.vector,
+        None,
         jobs,
-        fallback=lambda: on_torch("cpu", "fp32"),
+        fallback,
+        paintings=(predictor, pictures, painting.mix),
+        strength=strength,
     )
+
+
+def _read_array(path: Path) -> np.ndarray:
+    from stylize.engine.imageio import image_to_array, load_image
+
+    return image_to_array(load_image(path).rgb)
 
 
 def _torch_stylizers(

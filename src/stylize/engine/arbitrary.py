@@ -100,13 +100,17 @@ def mobilenet_residual_blocks() -> list[int]:
 
 
 def _same_padding(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """Zero padding as TensorFlow's "SAME": the output has ceil(size / stride) pixels, and an odd
-    total padding puts the extra pixel at the bottom or right."""
     pads = []
     for size in (x.shape[-1], x.shape[-2]):  # F.pad lists the last dimension first
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-        pads += [total // 2, total - total // 2]
+        pads += same_padding(size, kernel, stride)
     return F.pad(x, pads)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Zero padding (before, after) as TensorFlow's "SAME" along a side of `size` pixels: the
+    output has ceil(size / stride) pixels, and an odd total puts the extra pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 class _SameConv(nn.Conv2d):

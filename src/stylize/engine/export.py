@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from stylize.atomic import atomic_write
 from stylize.engine.layers import ConvLayer, ResidualBlock, UpsampleConvLayer, phase_kernels
-from stylize.engine.onnx_run import CHANNELS_KEY, GRAPH_VERSION, IMAGE_INPUT, OUTPUT, STYLE_INPUT
+from stylize.engine.onnx_run import (
+    CHANNELS_KEY,
+    GRAPH_VERSION,
+    IMAGE_INPUT,
+    OUTPUT,
+    STYLE_INPUT,
+    STYLE_VECTOR,
+)
 from stylize.engine.stylenet import Stage, StyleNet, identity, relu, sigmoid
 from stylize.errors import StylizeError
 
@@ -126,15 +133,57 @@ def _affine_norm_maps(network: Conditional) -> tuple[StyleNet, _AffineMaps]:
     return bound, _AffineMaps(matrix.numpy(), offset.numpy())
 
 
-class _Builder:
-    """Accumulates nodes and initializers while walking a bound network."""
+class _Graph:
+    """Nodes and initializers of an ONNX graph being written, with generated names."""
 
-    def __init__(self, net: StyleNet, conditional: _AffineMaps | None) -> None:
-        self.net = net
-        self.conditional = conditional
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+
+    def _node(self, op: str, inputs: Sequence[str], **attributes: object) -> str:
+        self._count += 1
+        output = f"{op.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
+        return output
+
+    def _constant(self, value: np.ndarray | np.generic) -> str:
+        array = np.asarray(value)
+        if array.dtype.kind == "i":
+            array = array.astype(np.int64)
+        self._count += 1
+        name = f"constant_{self._count}"
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def _model(
+        self,
+        name: str,
+        inputs: Sequence[onnx.ValueInfoProto],
+        outputs: Sequence[onnx.ValueInfoProto],
+        properties: dict[str, str] | None = None,
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name="stylize",
+            producer_version=str(GRAPH_VERSION),
+        )
+        if properties:
+            helper.set_model_props(model, properties)
+        # Readable by every onnxruntime this project supports (1.17 reads IR version 9).
+        model.ir_version = min(model.ir_version, 8)
+        return model
+
+
+class _Builder(_Graph):
+    """Accumulates nodes and initializers while walking a bound network."""
+
+    def __init__(self, net: StyleNet, conditional: _AffineMaps | None) -> None:
+        super().__init__()
+        self.net = net
+        self.conditional = conditional
         # Where each norm's scales start in the conditional parameter vector, which holds all
         # scales, then all shifts (see _norm_parameters).
         widths = [int(norm.num_features) for norm in _norms(net)]
@@ -174,17 +223,7 @@ class _Builder:
             size = self.conditional.matrix.shape[0]
             inputs.append(helper.make_tensor_value_info(STYLE_INPUT, TensorProto.FLOAT, [size]))
         outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 3, "H", "W"])]
-        graph = helper.make_graph(self.nodes, "stylize", inputs, outputs, self.initializers)
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            producer_name="stylize",
-            producer_version=str(GRAPH_VERSION),
-        )
-        helper.set_model_props(model, {CHANNELS_KEY: str(self._widest)})
-        # Readable by every onnxruntime this project supports (1.17 reads IR version 9).
-        model.ir_version = min(model.ir_version, 8)
-        return model
+        return self._model("stylize", inputs, outputs, {CHANNELS_KEY: str(self._widest)})
 
     def _stage(self, stage: Stage, x: str) -> str:
         x = self._conv(stage.conv, x)
@@ -272,21 +311,6 @@ class _Builder:
             "Slice", [x, self._constant(np.array([start])), self._constant(np.array([end]))]
         )
 
-    def _node(self, op: str, inputs: Sequence[str], **attributes: object) -> str:
-        self._count += 1
-        output = f"{op.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
-        return output
-
-    def _constant(self, value: np.ndarray | np.generic) -> str:
-        array = np.asarray(value)
-        if array.dtype.kind == "i":
-            array = array.astype(np.int64)
-        self._count += 1
-        name = f"constant_{self._count}"
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
 
 def _block_kernels(weight: Tensor) -> Tensor:
     """A stride-1 kernel (O, I, k, k) as the kernel of the same convolution on 2x2 pixel
@@ -312,3 +336,77 @@ def _block_kernels(weight: Tensor) -> Tensor:
 
 def _repeat(bias: Tensor | None, times: int) -> Tensor | None:
     return None if bias is None else bias.repeat(times)
+
+
+def export_predictor(predictor: nn.Module, size: int, path: Path) -> None:
+    """Writes the arbitrary-style network's style predictor as an ONNX graph for style images
+    of `size` x `size` pixels, atomically: input `image` (N, 3, size, size) in [0, 1], output
+    `style_vector` (N, 100). TensorFlow's "SAME" padding depends on the size, so a graph serves
+    one size."""
+    model = predictor_graph(predictor, size)
+    with atomic_write(Path(path), overwrite=True) as file:
+        file.write(model.SerializeToString())
+
+
+def predictor_graph(predictor: nn.Module, size: int) -> onnx.ModelProto:
+    """The ONNX model of a `StylePredictor` for square images of `size` pixels (see
+    `export_predictor`): MobileNetV2's convolutions, ReLU6, the mean over the image and the
+    linear map to the style vector."""
+    from stylize.engine.arbitrary import StylePredictor
+
+    if not isinstance(predictor, StylePredictor):
+        raise ExportError(f"not a style predictor: {type(predictor).__name__}")
+    with torch.no_grad():
+        model = _PredictorGraph(size).model(predictor)
+    onnx.checker.check_model(model)
+    return model
+
+
+class _PredictorGraph(_Graph):
+    """A `StylePredictor` for images of one size, whose "SAME" paddings it follows."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self._side = size
+
+    def model(self, predictor: nn.Module) -> onnx.ModelProto:
+        x = self._relu6(self._conv(IMAGE_INPUT, predictor.conv1))
+        for block in predictor.blocks:
+            y = x if block.expand is None else self._relu6(self._conv(x, block.expand))
+            y = self._conv(self._relu6(self._conv(y, block.depthwise)), block.project)
+            x = self._node("Add", [x, y]) if block.residual else y
+        x = self._relu6(self._conv(x, predictor.conv2))
+        features = self._node("ReduceMean", [x], axes=[2, 3], keepdims=0)
+        linear = predictor.style
+        weight = self._constant(linear.weight.float().cpu().numpy())
+        bias = self._constant(linear.bias.float().cpu().numpy())
+        self.nodes.append(
+            helper.make_node("Gemm", [features, weight, bias], [STYLE_VECTOR], transB=1)
+        )
+        size, out = self.size, linear.out_features
+        image = helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT, ["N", 3, size, size])
+        vector = helper.make_tensor_value_info(STYLE_VECTOR, TensorProto.FLOAT, ["N", out])
+        return self._model("predictor", [image], [vector])
+
+    def _conv(self, x: str, layer: nn.Conv2d) -> str:
+        from stylize.engine.arbitrary import same_padding
+
+        kernel, stride = layer.kernel_size[0], layer.stride[0]
+        before, after = same_padding(self._side, kernel, stride)
+        self._side = -(-self._side // stride)
+        inputs = [x, self._constant(layer.weight.float().cpu().numpy())]
+        if layer.bias is not None:
+            inputs.append(self._constant(layer.bias.float().cpu().numpy()))
+        return self._node(
+            "Conv",
+            inputs,
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            pads=[before, before, after, after],
+            group=layer.groups,
+        )
+
+    def _relu6(self, x: str) -> str:
+        low, high = self._constant(np.float32(0)), self._constant(np.float32(6))
+        return self._node("Clip", [x, low, high])

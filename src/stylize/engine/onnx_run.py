@@ -28,6 +28,8 @@ from stylize.errors import StylizeError
 #: exports are rebuilt.
 GRAPH_VERSION = 2
 IMAGE_INPUT, STYLE_INPUT, OUTPUT = "image", "style", "stylized"
+#: The style predictor's output.
+STYLE_VECTOR = "style_vector"
 #: Graph metadata: the channels of the widest full-resolution tensor, which decides memory use.
 CHANNELS_KEY = "full_resolution_channels"
 #: Set to 0 to run every network on PyTorch (to compare the two, say).
@@ -92,8 +94,10 @@ class OnnxStylizer:
         scale: float = 1.0,
         strength: float = 1.0,
         preserve_color: bool = False,
+        style: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Stylizes `content` (N, 3, H, W) float32 in [0, 1]; returns the same shape in [0, 1]."""
+        """Stylizes `content` (N, 3, H, W) float32 in [0, 1]; returns the same shape in [0, 1].
+        `style` replaces the conditioning vector given at construction, for this call."""
         if not 0.0 <= strength <= 1.0:
             raise StylizeError(f"strength must be between 0 and 1, got {strength}")
         height, width = content.shape[-2:]
@@ -101,7 +105,10 @@ class OnnxStylizer:
         work = content if size == (height, width) else resize(content, size)
         padded = _pad_to_multiple(work, SIZE_MULTIPLE)
         try:
-            (raw,) = self.session.run([OUTPUT], {IMAGE_INPUT: padded, **self.feeds})
+            feeds = dict(self.feeds)
+            if style is not None:
+                feeds[STYLE_INPUT] = np.asarray(style, dtype=np.float32)
+            (raw,) = self.session.run([OUTPUT], {IMAGE_INPUT: padded, **feeds})
         except Exception as error:  # onnxruntime's own exception types are not importable
             raise StylizeError(
                 f"cannot stylize {size[1]}x{size[0]} pixels: {_first_line(error)}; a smaller "
@@ -116,6 +123,38 @@ class OnnxStylizer:
         if strength < 1.0:
             stylized = content + strength * (stylized - content)
         return stylized
+
+
+class OnnxPredictor:
+    """The arbitrary-style network's style predictor in an ONNX Runtime session: the style
+    vector of a picture, from its central square resized to the size the graph was written
+    for (see `engine/export.py`), as `arbitrary.style_vector` computes it."""
+
+    def __init__(self, graph: Path, *, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(graph), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's own exception types are not importable
+            raise StylizeError(f"cannot load the network {graph}: {_first_line(error)}") from None
+        self.size = int(self.session.get_inputs()[0].shape[-1])
+
+    def vector_of(self, image: np.ndarray) -> np.ndarray:
+        """The (100,) style vector of one image (1, 3, H, W) float32 in [0, 1]."""
+        height, width = image.shape[-2:]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = image[..., top : top + side, left : left + side]
+        if side != self.size:
+            square = resize(square, (self.size, self.size)).clip(0.0, 1.0)
+        square = np.ascontiguousarray(square, dtype=np.float32)
+        (vectors,) = self.session.run([STYLE_VECTOR], {IMAGE_INPUT: square})
+        return vectors[0]
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -2,10 +2,12 @@
 `stylize apply` (see `engine/onnx_run.py`).
 
 A graph is named after its model and the sha256 of the model file it was written from,
-`cache/onnx/NAME.DIGEST.vN.onnx` (N: the graph version), so a model replaced under the same name,
-or a newer stylize with other graphs, never runs a stale one. Installing a model exports its
-graph; a model installed before there were graphs gets one on first use. Graphs of models no
-longer installed, and older graphs of installed ones, are removed by `tidy_graphs`.
+`cache/onnx/NAME.DIGEST.vN.onnx` (N: the graph version), so a model replaced under the same
+name, or a newer stylize with other graphs, never runs a stale one. The arbitrary-style
+network's style predictor is written for one style-image size S, as
+`NAME.DIGEST.predictorS.vN.onnx`. Installing a model exports its graph; a model installed
+before there were graphs gets one on first use. Graphs of models no longer installed, and
+older graphs of installed ones, are removed by `tidy_graphs`.
 """
 
 from __future__ import annotations
@@ -43,9 +45,25 @@ def compiled_graph(name: str, model_file: Path) -> Path:
     tensors, meta = read_model_file(model_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     export_network(network_of(tensors, meta), path)
-    for older in path.parent.glob(f"{name}.*.onnx"):
-        if older != path:
-            older.unlink(missing_ok=True)
+    _remove_other_digests(name, digest)
+    return path
+
+
+def compiled_predictor(name: str, model_file: Path, size: int) -> Path:
+    """The style predictor's graph for style images of `size` pixels, of the arbitrary-style
+    model `name`, exported first when not cached (that imports PyTorch)."""
+    digest = file_sha256(model_file)
+    path = _graph_path(name, digest, f"predictor{size}")
+    if path.is_file():
+        return path
+    from stylize.engine.arbitrary import load_arbitrary
+    from stylize.engine.export import export_predictor
+    from stylize.store.modelfile import read_model_file
+
+    tensors, _ = read_model_file(model_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_predictor(load_arbitrary(tensors)[0], size, path)
+    _remove_other_digests(name, digest)
     return path
 
 
@@ -63,5 +81,13 @@ def tidy_graphs(installed: set[str]) -> list[Path]:
     return removed
 
 
-def _graph_path(name: str, digest: str) -> Path:
-    return graphs_dir() / f"{name}.{digest[:_DIGEST_LENGTH]}.v{GRAPH_VERSION}.onnx"
+def _graph_path(name: str, digest: str, part: str = "") -> Path:
+    middle = f"{digest[:_DIGEST_LENGTH]}.{part}" if part else digest[:_DIGEST_LENGTH]
+    return graphs_dir() / f"{name}.{middle}.v{GRAPH_VERSION}.onnx"
+
+
+def _remove_other_digests(name: str, digest: str) -> None:
+    """Removes the graphs of `name` written from another model file (a replaced model)."""
+    for path in graphs_dir().glob(f"{name}.*.onnx"):
+        if path.name.split(".")[1] != digest[:_DIGEST_LENGTH]:
+            path.unlink(missing_ok=True)

@@ -75,11 +75,15 @@ def _export_graph(name: str, path: Path) -> None:
     """Exports a style model's ONNX graph for the CPU path of apply, now that PyTorch is loaded
     anyway. A network without an ONNX form, or a failure to write it, only means that apply
     runs it on PyTorch (and tries to export it again, reporting what fails)."""
-    from stylize.store.compiled import compiled_graph
+    from stylize.engine.settings import DEFAULT_STYLE_SIZE
+    from stylize.store.compiled import compiled_graph, compiled_predictor
+    from stylize.store.convert import ARBITRARY, family_of
 
     # Whatever fails here fails again, and is reported, where apply needs the graph.
     with suppress(Exception):
         compiled_graph(name, path)
+        if family_of(read_model_meta(path)) == ARBITRARY:
+            compiled_predictor(name, path, DEFAULT_STYLE_SIZE)
 
 
 def check_install_name(name: str, kind: str, *, source: str, overwrite: bool) -> None:

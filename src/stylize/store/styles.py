@@ -235,6 +235,41 @@ def resolve_network_style(
     return NetworkStyle(blend_label(refs), name, path, family, vector)
 
 
+@dataclass(frozen=True)
+class PaintingRefs:
+    """Style pictures resolved without loading anything: the arbitrary-style model `name`
+    installed at `path`, the `images` and their blend weights `mix`."""
+
+    label: str
+    name: str
+    path: Path
+    images: tuple[Path, ...]
+    mix: tuple[float, ...]
+
+
+def resolve_painting_style(
+    refs: Sequence[StyleRef],
+    weights: Sequence[float] | None = None,
+    on_progress: ProgressCallback | None = None,
+    *,
+    on_warning: MessageCallback | None = None,
+    on_info: MessageCallback | None = None,
+) -> PaintingRefs | None:
+    """What `load_styles` would load for style pictures, pulled on first use but not loaded;
+    None unless every ref is a picture."""
+    if not refs or any(ref.image is None for ref in refs):
+        return None
+    mix = tuple(blend_weights(len(refs), weights))
+    path = _installed_path(ARBITRARY_NETWORK, on_progress, on_warning=on_warning, on_info=on_info)
+    if family_of(read_model_meta(path)) != ARBITRARY:
+        raise StylizeError(
+            f"the installed model {ARBITRARY_NETWORK!r} is not the {ARBITRARY} network; remove "
+            f"it with 'stylize models remove {ARBITRARY_NETWORK}' and try again"
+        )
+    images = tuple(ref.image for ref in refs if ref.image is not None)
+    return PaintingRefs(blend_label(refs), ARBITRARY_NETWORK, path, images, mix)
+
+
 def network_of(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
     """The float32 network a native style model holds: a `TransformerNet`, a `MultiStyleNet`
     or (for the arbitrary-style pair) its `ArbitraryNet`."""
