@@ -16,7 +16,7 @@ from PIL import Image
 from real_weights import TF_GRAPHDEF, WHEEL
 from style_nets import random_style_net
 from stylize.cli import _apply_run, apply
-from stylize.engine.onnx_run import OnnxStylizer
+from stylize.engine.onnx_run import OnnxPredictor, OnnxStylizer
 from stylize.engine.temporal import DEFAULT_WEIGHT, warping_error
 from stylize.engine.transformer import TransformerConfig
 from stylize.engine.video import CRF_RANGE, DEFAULT_CRF, open_video
@@ -230,19 +230,30 @@ def test_a_style_picture_binds_its_style_once_per_clip(
     assert import_model(WHEEL) == "arbitrary"
     painting = make_image("painting.jpg", size=(80, 60), seed=5)
     calls = []
-    for_photo = _apply_run.TorchStylizers.for_photo
+    vectors = []
+    # On a CPU-only machine style pictures run on ONNX Runtime, elsewhere on PyTorch.
+    for engine in (_apply_run.OnnxStylizers, _apply_run.TorchStylizers):
 
-    def counted(self, content, strength):
-        calls.append(content.shape)
-        return for_photo(self, content, strength)
+        def counted(self, content, strength, for_photo=engine.for_photo):
+            calls.append(content.shape)
+            return for_photo(self, content, strength)
 
-    monkeypatch.setattr(_apply_run.TorchStylizers, "for_photo", counted)
+        monkeypatch.setattr(engine, "for_photo", counted)
+    vector_of = OnnxPredictor.vector_of
+
+    def counted_vector(self, image):
+        vectors.append(image.shape)
+        return vector_of(self, image)
+
+    monkeypatch.setattr(OnnxPredictor, "vector_of", counted_vector)
     result = cli("apply", clip, "-s", painting, "--strength", "0.5", "-q")
     assert result.exit_code == 0, result.stderr
     frames, _ = decoded(clip.with_name("pan.painting.mp4"))
     assert len(frames) == FRAMES
-    # The first frame's style vector for the whole clip: steady, and the predictor runs once.
+    # The first frame's style vector for the whole clip: steady, and the predictor runs once
+    # for the painting and once for the clip.
     assert calls == [(1, 3, HEIGHT, WIDTH)]
+    assert vectors == [(1, 3, 60, 80), (1, 3, HEIGHT, WIDTH)]
 
 
 def test_stability_lowers_the_warping_error(cli, real26, tmp_path):
