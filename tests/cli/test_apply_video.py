@@ -464,3 +464,23 @@ def test_ctrl_c_before_anything_finished(cli, tiny, clip, monkeypatch):
     assert result.exit_code == 130
     assert "nothing was written" in one_line(result.stderr)
     assert files(clip.parent) == ["pan.mp4"]
+
+
+def test_a_real_sigint_mid_clip_stops_it_the_same_way(cli, tiny, clip, monkeypatch):
+    import os
+    import signal
+
+    calls = []
+    call = OnnxStylizer.__call__
+
+    def signalled(self, content, **options):
+        calls.append(1)
+        if len(calls) == 6:  # on a frame thread: the main thread gets KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        return call(self, content, **options)
+
+    monkeypatch.setattr(OnnxStylizer, "__call__", signalled)
+    result = cli("apply", clip, "-s", tiny, "-q")
+    assert result.exit_code == 130
+    assert f"{clip.with_name('pan.tiny.mp4')} was not written" in one_line(result.stderr)
+    assert files(clip.parent) == ["pan.mp4"]
