@@ -269,8 +269,8 @@ def test_stability_lowers_the_warping_error(cli, real26, tmp_path):
         errors[weight] = np.mean(
             [warping_error(out[i - 1], out[i], flow) for i in range(1, len(out))]
         )
-    # Frame by frame vs the default: clearly steadier along the true motion.
-    assert errors[str(DEFAULT_WEIGHT)] < 0.8 * errors["0"]
+    # The default at most halves frame by frame's flicker along the true motion (0.40 here).
+    assert errors[str(DEFAULT_WEIGHT)] < 0.5 * errors["0"]
 
 
 # --- Folders -------------------------------------------------------------------------------
