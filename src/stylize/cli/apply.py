@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 # Outputs keep the input's format; inputs in formats we cannot write produce PNG files.
 _FALLBACK_SUFFIX = ".png"
+# A clip's frames, for `_images`: any number above the CPU count runs one frame per core.
+_FRAMES_PER_CLIP = 64
 # `-` as the input or the output: standard input or output.
 _PIPE = Path("-")
 # engine/temporal.DEFAULT_WEIGHT and engine/video.DEFAULT_CRF, CRF_RANGE (not imported here: they
@@ -216,7 +218,7 @@ def apply(
         style_size=style_size,
         strength=strength,
         batch_size=batch_size,
-        jobs=len(jobs),
+        jobs=_images(jobs),
         quiet=quiet,
     )
     created = _create_folders(jobs)
@@ -248,6 +250,12 @@ def _noun(jobs: list[_Job]) -> str:
     if all(job.clip for job in jobs):
         return "videos"
     return "images" if not any(job.clip for job in jobs) else "inputs"
+
+
+def _images(jobs: list[_Job]) -> int:
+    """How many images the run stylizes, for how many to run at once: a clip counts as many
+    (its frames run one per core, like the images of a folder)."""
+    return sum(_FRAMES_PER_CLIP if job.clip else 1 for job in jobs)
 
 
 def _piped_jobs(

@@ -24,6 +24,7 @@ OpenCV is imported when a stabilizer is made, so the CLI starts without it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -82,9 +83,9 @@ class TemporalStabilizer:
             raise ValueError(
                 f"input frame {input_frame.shape} and stylized frame {stylized.shape} differ"
             )
-        current = stylized.astype(np.float32)
         if self._flow is None:
-            return _to_uint8(current)
+            return stylized if stylized.dtype == np.uint8 else _to_uint8(stylized)
+        current = stylized.astype(np.float32)
         gray = _gray(input_frame)
         previous_gray, previous_output = self._previous_gray, self._previous_output
         if (
@@ -108,10 +109,7 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     at p is image(p + flow(p)), bilinear, with the border pixels repeated outside."""
     import cv2
 
-    height, width = flow.shape[:2]
-    grid_x, grid_y = np.meshgrid(
-        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
-    )
+    grid_x, grid_y = _grid(*flow.shape[:2])
     map_x = grid_x + flow[..., 0].astype(np.float32)
     map_y = grid_y + flow[..., 1].astype(np.float32)
     return cv2.remap(
@@ -144,7 +142,7 @@ def consistent(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
 
 def inside(flow: np.ndarray, width: int, height: int) -> np.ndarray:
     """Where p + flow(p) lies within a `width` x `height` frame: HxW bool."""
-    rows, columns = np.indices(flow.shape[:2], dtype=np.float32)
+    columns, rows = _grid(*flow.shape[:2])
     x = columns + flow[..., 0]
     y = rows + flow[..., 1]
     return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
@@ -167,6 +165,16 @@ def warping_error(
     if count == 0:
         raise ValueError("no valid pixel to measure the warping error on")
     return float(squares[valid].sum() / count)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's x and y, HxW float32 each (read-only: shared by every frame of a size)."""
+    grid_x, grid_y = np.meshgrid(
+        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    )
+    grid_x.flags.writeable = grid_y.flags.writeable = False
+    return grid_x, grid_y
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
