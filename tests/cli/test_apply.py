@@ -388,3 +388,37 @@ def test_an_offline_catalog_style_says_how_to_install_it(
     assert "run 'stylize models import candy-9.onnx'" in message
     assert "set STYLIZE_MODEL_MIRROR" in message
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_json_lists_every_input_with_its_status(cli, style, make_image, tmp_path):
+    import json
+
+    first = make_image("photos/a.png")
+    make_image("photos/b.png", seed=1)
+    (first.parent / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    (out).mkdir()
+    make_image("out/b.tiny.png", seed=3)  # already there: skipped
+    result = cli("apply", first.parent, "-s", style, "-o", out, "--skip-existing", "--json")
+    assert result.exit_code == 1
+    records = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    by_input = {Path(record["input"]).name: record for record in records}
+    assert by_input["a.png"] == {
+        "input": str(first),
+        "output": str(out / "a.tiny.png"),
+        "kind": "image",
+        "status": "written",
+        "error": None,
+    }
+    assert by_input["broken.png"]["status"] == "failed"
+    assert "cannot read" in by_input["broken.png"]["error"]
+    assert by_input["b.png"]["status"] == "skipped"
+    assert (out / "a.tiny.png").is_file()
+    assert "broken.png" in result.stderr
+
+
+def test_json_and_standard_output_are_a_usage_error(cli, style, make_image):
+    result = cli("apply", make_image(), "-s", style, "-o", "-", "--json")
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.replace("│", " ").split())  # the usage box wraps lines
+    assert "--json needs -o FILE" in message

@@ -484,3 +484,13 @@ def test_a_real_sigint_mid_clip_stops_it_the_same_way(cli, tiny, clip, monkeypat
     assert result.exit_code == 130
     assert f"{clip.with_name('pan.tiny.mp4')} was not written" in one_line(result.stderr)
     assert files(clip.parent) == ["pan.mp4"]
+
+
+def test_json_names_a_clip_a_video(cli, tiny, clip):
+    import json
+
+    result = cli("apply", clip, "-s", tiny, "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["kind"] == "video" and record["status"] == "written"
+    assert record["output"] == str(clip.with_name("pan.tiny.mp4"))

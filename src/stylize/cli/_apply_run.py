@@ -352,6 +352,10 @@ class Runner:
         self.finished = 0
         self.failed = 0
         self.written: list[Path] = []
+        #: Each finished job and its error message (None when written), in input order.
+        self.outcomes: list[tuple[Job, str | None]] = []
+        #: Whether written paths are printed as they finish (not with --json).
+        self.print_results = True
         self.current_clip: Job | None = None
 
     def run(self, jobs: Sequence[Job], on_progress: Callable[[int], None]) -> None:
@@ -479,10 +483,12 @@ class Runner:
 
     def _report(self, job: Job, error: StylizeError | None) -> None:
         self.finished += 1
+        self.outcomes.append((job, None if error is None else str(error)))
         if error is None:
             if str(job.target) != "-":
                 self.written.append(job.target)
-                _console.result(str(job.target))
+                if self.print_results:
+                    _console.result(str(job.target))
             return
         message, source = str(error), str(job.source)
         if source == "-":

@@ -81,6 +81,9 @@ def positive_number(value: float | None) -> float | None:
     return value
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
 def not_stdout(path: str | Path | None) -> str | Path | None:
     """Typer callback for an output path: "-" would be a file named "-", not standard output."""
     if path is not None and str(path) == "-":

@@ -175,6 +175,14 @@ def apply(
         ),
     ] = _TEMPORAL_WEIGHT,
     crf: Annotated[int | None, typer.Option(help=_CRF_HELP, show_default=False)] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON list for scripts at the end, an object per input (input, "
+            "output, kind, status: written, failed or skipped, error), instead of the paths.",
+        ),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Stylize images and videos in one pass with a style network or any picture as the
@@ -192,19 +200,27 @@ def apply(
     suffix = None if image_format is None else f".{image_format.value}"
     target = None if output is None else _Output(Path(output), output.endswith(("/", os.sep)))
     piped = _PIPE in inputs or (target is not None and target.path == _PIPE)
+    skipped: list[_Job] = []
     if piped:
         jobs = _piped_jobs(inputs, target, blend_label(refs), suffix)
+        if as_json and any(job.target == _PIPE for job in jobs):
+            raise typer.BadParameter(
+                "standard output carries the image: --json needs -o FILE", param_hint="'--json'"
+            )
     else:
-        jobs = _plan(inputs, target, recursive, blend_label(refs), suffix)
+        planned = _plan(inputs, target, recursive, blend_label(refs), suffix)
         jobs = _check_targets(
-            jobs,
+            planned,
             overwrite=overwrite,
             skip_existing=skip_existing,
             quiet=quiet,
             folders_created=target is not None and not target.names_a_file,
             crf=crf,
         )
+        skipped = [job for job in planned if job not in jobs]
     if not jobs:
+        if as_json:
+            _console.result(_outcomes_json([], skipped))
         return
 
     from stylize.cli._apply_run import INTERRUPTED_EXIT_CODE, Runner, Settings, make_stylizers
@@ -230,6 +246,7 @@ def apply(
         options = ClipOptions(temporal_weight, crf, overwrite, quiet)
         clips = ClipRunner(stylizers, settings, options)
     runner = Runner(stylizers, settings, _read, _writer(overwrite, suffix), clips)
+    runner.print_results = not as_json
     try:
         with _console.progress("stylizing", len(jobs), quiet or len(jobs) == 1) as on_progress:
             runner.run(jobs, on_progress)
@@ -238,12 +255,32 @@ def apply(
         raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
     finally:
         _remove_empty_folders(created)
+    if as_json:
+        _console.result(_outcomes_json(runner.outcomes, skipped))
     if runner.failed:
         if piped or (len(jobs) == 1 and jobs[0].clip):
             # A piped run has one image (a clip run, one clip), and its error is reported
             # already: one line.
             raise typer.Exit(code=1)
         raise StylizeError(f"{runner.failed} of {len(jobs)} {_noun(jobs)} failed")
+
+
+def _outcomes_json(outcomes: list[tuple[_Job, str | None]], skipped: list[_Job]) -> str:
+    """The --json result: an object per input, in input order, then the skipped ones."""
+    import json
+
+    def record(job: _Job, status: str, error: str | None) -> dict[str, object]:
+        return {
+            "input": str(job.source),
+            "output": str(job.target),
+            "kind": "video" if job.clip else "image",
+            "status": status,
+            "error": error,
+        }
+
+    records = [record(job, "failed" if error else "written", error) for job, error in outcomes]
+    records += [record(job, "skipped", None) for job in skipped]
+    return json.dumps(records, indent=2)
 
 
 def _noun(jobs: list[_Job]) -> str:

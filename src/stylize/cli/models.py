@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from stylize.cli import _console
-from stylize.cli._options import QuietOption, valid_model_name
+from stylize.cli._options import JsonOption, QuietOption, valid_model_name
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -20,7 +20,6 @@ app = typer.Typer(no_args_is_help=True)
 NameArgument = Annotated[
     str, typer.Argument(metavar="NAME", callback=valid_model_name, help="The model's name.")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=\s]*)")
 
 
