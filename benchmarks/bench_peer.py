@@ -167,7 +167,7 @@ def worker_stylize(style: str, precisions: list[str], sizes: list[list[int]], ru
     from stylize.store.styles import load_styles, parse_style
 
     try:
-        from stylize.cli._apply_run import make_stylizers
+        from stylize.cli._stylizers import make_stylizers
     except ImportError:
         make_stylizers = None
     refs = [parse_style(style)]

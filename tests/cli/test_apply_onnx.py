@@ -17,7 +17,7 @@ from PIL import Image
 
 from real_weights import TF_GRAPHDEF, WHEEL
 from style_nets import random_style_net
-from stylize.cli import _apply_run
+from stylize.cli import _stylizers
 from stylize.engine import hardware
 from stylize.engine.onnx_run import OnnxStylizer
 from stylize.engine.transformer import TransformerConfig
@@ -56,7 +56,7 @@ class Engines:
 def engines(monkeypatch: pytest.MonkeyPatch) -> Engines:
     seen = Engines()
     onnx_call = OnnxStylizer.__call__
-    torch_for_photo = _apply_run.TorchStylizers.for_photo
+    torch_for_photo = _stylizers.TorchStylizers.for_photo
 
     def on_onnx(self, content, **options):
         seen.onnx.append(tuple(content.shape[-2:]))
@@ -70,7 +70,7 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Engines:
         return torch_for_photo(self, content, strength)
 
     monkeypatch.setattr(OnnxStylizer, "__call__", on_onnx)
-    monkeypatch.setattr(_apply_run.TorchStylizers, "for_photo", on_torch)
+    monkeypatch.setattr(_stylizers.TorchStylizers, "for_photo", on_torch)
     monkeypatch.delenv("STYLIZE_ONNX", raising=False)
     return seen
 
@@ -232,8 +232,8 @@ def test_an_image_too_large_for_memory_runs_on_pytorch_and_still_matches(
 
     # 640 bytes a pixel for the 26-style network: the small image fits, the large does not.
     engines.onnx.clear()
-    monkeypatch.setattr(_apply_run, "_memory_budget", lambda: 640 * 40 * 32 * 2 * 2)
-    monkeypatch.setattr(_apply_run, "_ALWAYS_FITS", 0)
+    monkeypatch.setattr(_stylizers, "_memory_budget", lambda: 640 * 40 * 32 * 2 * 2)
+    monkeypatch.setattr(_stylizers, "_ALWAYS_FITS", 0)
     out = tmp_path / "out"
     result = cli("apply", small.parent, "-s", "starry", "--device", "cpu", "-o", out)
     assert result.exit_code == 0, result.stderr

@@ -15,7 +15,7 @@ from PIL import Image
 
 from real_weights import TF_GRAPHDEF, WHEEL
 from style_nets import random_style_net
-from stylize.cli import _apply_run, apply
+from stylize.cli import _stylizers, apply
 from stylize.engine.onnx_run import OnnxPredictor, OnnxStylizer
 from stylize.engine.temporal import DEFAULT_WEIGHT, warping_error
 from stylize.engine.transformer import TransformerConfig
@@ -232,7 +232,7 @@ def test_a_style_picture_binds_its_style_once_per_clip(
     calls = []
     vectors = []
     # On a CPU-only machine style pictures run on ONNX Runtime, elsewhere on PyTorch.
-    for engine in (_apply_run.OnnxStylizers, _apply_run.TorchStylizers):
+    for engine in (_stylizers.OnnxStylizers, _stylizers.TorchStylizers):
 
         def counted(self, content, strength, for_photo=engine.for_photo):
             calls.append(content.shape)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize.cli import _console
-from stylize.cli._apply_run import Job, Settings, Stylizers, _check_scaled_size, _shrunk
+from stylize.cli._apply_run import Job, Settings, _check_scaled_size, _shrunk
+from stylize.cli._stylizers import Stylizers
 
 if TYPE_CHECKING:
     import numpy as np

@@ -223,7 +223,8 @@ def apply(
             _console.result(_outcomes_json([], skipped))
         return
 
-    from stylize.cli._apply_run import INTERRUPTED_EXIT_CODE, Runner, Settings, make_stylizers
+    from stylize.cli._apply_run import INTERRUPTED_EXIT_CODE, Runner, Settings
+    from stylize.cli._stylizers import make_stylizers
 
     stylizers = make_stylizers(
         refs,

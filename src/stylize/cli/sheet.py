@@ -65,7 +65,7 @@ def sheet(
         original = resize_long_edge(original, size)
     chosen = list(styles) if styles else _default_styles()
 
-    from stylize.cli._apply_run import make_stylizers
+    from stylize.cli._stylizers import make_stylizers
     from stylize.engine.imageio import array_to_image, image_to_array, save_image
     from stylize.engine.settings import DEFAULT_STYLE_SIZE
     from stylize.engine.sheet import contact_sheet
