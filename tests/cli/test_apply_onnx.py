@@ -22,6 +22,7 @@ from stylize.engine import hardware
 from stylize.engine.onnx_run import OnnxStylizer
 from stylize.engine.transformer import TransformerConfig
 from stylize.store.registry import import_model, install_model
+from stylize.store.styles import parse_style
 
 TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
 
@@ -374,3 +375,119 @@ def test_tile_size_does_not_change_the_result_at_the_default_precision(
     assert result.exit_code == 0, result.stderr
     assert engines.onnx == [(72, 80)] and engines.torch == [(72, 80)]
     assert np.abs(pixels(tiled) - pixels(whole)).max() <= 1
+
+
+def test_the_memory_an_image_needs_is_that_of_the_scaled_image(
+    cli, real26, make_image, tmp_path, engines, monkeypatch
+):
+    photo = make_image("photo.png", size=(40, 32), seed=1)
+    # 640 bytes a pixel: the photo fits, but not twice its sides (--scale 2).
+    monkeypatch.setattr(_stylizers, "_memory_budget", lambda: 640 * 40 * 32 * 2)
+    monkeypatch.setattr(_stylizers, "_ALWAYS_FITS", 0)
+    result = cli("apply", photo, "-s", "starry", "--device", "cpu", "-o", tmp_path / "a.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(32, 40)] and engines.torch == []
+    out = tmp_path / "scaled.png"
+    result = cli("apply", photo, "-s", "starry", "--scale", "2", "--device", "cpu", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert engines.torch == [(32, 40)]
+
+
+def test_a_damaged_cached_graph_is_exported_again(cli, tiny, make_image, tmp_path, engines):
+    from stylize.store.compiled import graphs_dir
+
+    (graph,) = graphs_dir().glob("tiny.*.onnx")
+    graph.write_bytes(graph.read_bytes()[:1000])
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.onnx == [(32, 48)] and engines.torch == []
+    assert graph.stat().st_size > 1000
+    assert result.stderr == ""
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_network_on_pytorch(
+    cli, tiny, make_image, tmp_path, engines, stylize_home
+):
+    import shutil
+
+    from stylize.store.compiled import graphs_dir
+
+    shutil.rmtree(graphs_dir())
+    graphs_dir().write_text("a file where the graphs folder should be")
+    photo = make_image("photo.png")
+    result = cli("apply", photo, "-s", tiny, "--device", "cpu", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert engines.torch == [(32, 48)]
+    assert "tiny runs on PyTorch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_auto_precision_stays_float32_when_pytorch_finds_no_gpu_after_all(tiny, monkeypatch):
+    # hardware could not rule a GPU out, so PyTorch decides: it finds none.
+    from stylize.engine import onnx_run
+
+    monkeypatch.setattr(onnx_run, "torch_may_find_accelerator", lambda: True)
+    monkeypatch.delenv("STYLIZE_ONNX", raising=False)
+    stylizers = _stylizers.make_stylizers(
+        [parse_style(tiny)],
+        None,
+        device="auto",
+        precision="auto",
+        tile_size=None,
+        style_size=256,
+        strength=1.0,
+        batch_size=1,
+        jobs=1,
+        quiet=True,
+    )
+    assert isinstance(stylizers, _stylizers.TorchStylizers)
+    assert stylizers.runtime.device.type == "cpu" and stylizers.runtime.dtype is None
+
+
+def test_ctrl_c_in_a_parallel_folder_reports_every_file_it_wrote(tiny, make_image, tmp_path, cpus):
+    from stylize.cli._apply_run import Job, Runner, Settings
+    from stylize.engine.imageio import load_image, save_image
+
+    cpus(2)
+    photos = [make_image(f"photos/p{index}.png", seed=index) for index in range(6)]
+    stylizers = _stylizers.make_stylizers(
+        [parse_style(tiny)],
+        None,
+        device="cpu",
+        precision="auto",
+        tile_size=None,
+        style_size=256,
+        strength=1.0,
+        batch_size=1,
+        jobs=len(photos),
+        quiet=True,
+    )
+    assert stylizers.workers == 2
+    inner = stylizers.for_photo
+
+    def interrupted_at_the_third(content, strength):
+        stylize, left = inner(content, strength)
+        if content[0, 0, 0, 0] == first_pixel[2]:
+            time.sleep(0.2)  # the other worker finishes its image meanwhile
+            raise KeyboardInterrupt
+        return stylize, left
+
+    first_pixel = [float(load_image(photo).rgb.getpixel((0, 0))[0]) / 255 for photo in photos]
+    stylizers.for_photo = interrupted_at_the_third
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [Job(photo, out / photo.name) for photo in photos]
+
+    def write(job, image, alpha):
+        save_image(image, job.target, alpha=alpha)
+
+    settings = Settings(1.0, 1.0, False, None)
+    runner = Runner(stylizers, settings, lambda job: load_image(job.source), write)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(jobs, lambda done: None)
+    on_disk = sorted(path.name for path in out.iterdir())
+    assert on_disk == sorted(path.name for path in runner.written)
+    assert on_disk  # the images before the interrupted one were written
+    message = runner.interrupted_message()
+    assert all(name in message for name in on_disk[:2])

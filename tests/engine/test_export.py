@@ -231,3 +231,11 @@ def test_the_real_style_predictor_at_even_and_odd_sizes(predictor, size):
 def test_only_a_style_predictor_exports_as_one(multistyle):
     with pytest.raises(ExportError, match="not a style predictor"):
         predictor_graph(multistyle, 256)
+
+
+def test_narrow_layers_below_full_resolution_keep_their_plain_form():
+    # Pixel blocks need even sides; a quarter-resolution side may be odd (20 px: 5).
+    net = random_style_net(config=TransformerConfig(channels=(8, 8, 4), residual_blocks=1))
+    image = torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(2))
+    expected = run_module(net, image)
+    assert np.abs(run_graph(network_graph(net), image) - expected).max() < 1e-5

@@ -160,3 +160,18 @@ def test_the_real_26_style_network_gets_its_graph_on_import(name):
     assert graph_files() == [expected_name(name)]
     model = onnx.load(str(graphs_dir() / expected_name(name)))
     assert [i.name for i in model.graph.input] == ["image", "style"]
+
+
+def test_remove_model_removes_its_graphs_at_once():
+    install("kept")
+    install("gone", seed=1)
+    remove_model("gone")
+    assert graph_files() == [expected_name("kept")]
+
+
+def test_remove_graphs_takes_every_graph_of_one_model():
+    install("kept")
+    install("gone", seed=1)
+    compiled.remove_graphs("gone")
+    compiled.remove_graphs("never-installed")
+    assert graph_files() == [expected_name("kept")]

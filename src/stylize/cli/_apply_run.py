@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,7 +71,11 @@ class Runner:
         self.clips = clips
         self.finished = 0
         self.failed = 0
+        #: The files written, in the order they were (for Ctrl-C's message).
         self.written: list[Path] = []
+        self._written_lock = threading.Lock()
+        # Set by Ctrl-C: images still being stylized by the workers are not written any more.
+        self._stopping = threading.Event()
         #: Each finished job and its error message (None when written), in input order.
         self.outcomes: list[tuple[Job, str | None]] = []
         #: Whether written paths are printed as they finish (not with --json).
@@ -111,6 +116,7 @@ class Runner:
             except StylizeError as error:
                 self._report(job, error)
             else:
+                self._wrote(job)
                 self._report(job, None)
             self.current_clip = None
             on_progress(self.finished)
@@ -144,6 +150,9 @@ class Runner:
             for job, error in pool.map(self._whole_job, jobs):
                 self._report(job, error)
                 on_progress(self.finished)
+        except KeyboardInterrupt:
+            self._stopping.set()
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -151,9 +160,12 @@ class Runner:
         try:
             image, content = self._prepare(job)
             (result,) = self._stylize(content)
+            if self._stopping.is_set():
+                return job, None  # Ctrl-C: nobody waits for this result any more
             self.write(job, _to_image(result), image.alpha)
         except StylizeError as error:
             return job, error
+        self._wrote(job)
         return job, None
 
     def _prepare(self, job: Job) -> tuple[LoadedImage, np.ndarray]:
@@ -197,17 +209,21 @@ class Runner:
             except StylizeError as error:
                 self._report(job, error)
             else:
+                self._wrote(job)
                 self._report(job, None)
             on_progress(self.finished)
+
+    def _wrote(self, job: Job) -> None:
+        if str(job.target) != "-":
+            with self._written_lock:
+                self.written.append(job.target)
 
     def _report(self, job: Job, error: StylizeError | None) -> None:
         self.finished += 1
         self.outcomes.append((job, None if error is None else str(error)))
         if error is None:
-            if str(job.target) != "-":
-                self.written.append(job.target)
-                if self.print_results:
-                    _console.result(str(job.target))
+            if str(job.target) != "-" and self.print_results:
+                _console.result(str(job.target))
             return
         message, source = str(error), str(job.source)
         if source == "-":

@@ -66,6 +66,7 @@ class OnnxStylizers(Stylizers):
         *,
         paintings: tuple[Path, Sequence[np.ndarray], Sequence[float]] | None = None,
         strength: float = 1.0,
+        scale: float = 1.0,
     ) -> None:
         from stylize.engine.hardware import usable_cpus
         from stylize.engine.onnx_run import OnnxPredictor, OnnxStylizer
@@ -83,6 +84,7 @@ class OnnxStylizers(Stylizers):
         else:
             self.per_photo = False
         self.style = style
+        self.scale = scale
         self.stylizer = OnnxStylizer(graph, style, threads=threads)
         self._budget: int | None = None
         self._fallback = fallback
@@ -90,7 +92,10 @@ class OnnxStylizers(Stylizers):
         self._lock = threading.Lock()
 
     def for_photo(self, content: np.ndarray, strength: float) -> tuple[Stylize, float]:
-        needed = self.stylizer.bytes_per_pixel * content.shape[-2] * content.shape[-1]
+        from stylize.engine.onnx_run import scaled_size
+
+        height, width = scaled_size(*content.shape[-2:], self.scale)  # what the network sees
+        needed = self.stylizer.bytes_per_pixel * height * width
         if needed > _ALWAYS_FITS:
             with self._lock:
                 if self._budget is None:
@@ -183,8 +188,10 @@ def make_stylizers(
     batch_size: int,
     jobs: int,
     quiet: bool,
+    scale: float = 1.0,
 ) -> Stylizers:
-    """The stylizers for `refs` (downloading their network on first use).
+    """The stylizers for `refs` (downloading their network on first use); `scale` is apply's
+    --scale, which decides the memory an image needs.
 
     On the CPU, `--precision auto` is float32 whichever engine runs: the result of a photo does
     not depend on its size or on --tile-size."""
@@ -223,28 +230,36 @@ def make_stylizers(
     from stylize.store.compiled import compiled_graph, compiled_predictor
 
     name, path = (resolved.name, resolved.path) if resolved else (painting.name, painting.path)
-    try:
-        graph = compiled_graph(name, path)
-        predictor = None if painting is None else compiled_predictor(name, path, style_size)
-    except StylizeError as error:
-        _console.warn(f"{name} runs on PyTorch: {error}")
-        return on_torch()
 
     def fallback() -> Stylizers:
         # Images too large to run whole run tiled, in the same float32 arithmetic.
         return on_torch("cpu", "fp32")
 
-    if resolved is not None:
-        return OnnxStylizers(graph, resolved.vector, jobs, fallback)
-    assert painting is not None and predictor is not None
-    return OnnxStylizers(
-        graph,
-        None,
-        jobs,
-        fallback,
-        paintings=(predictor, pictures, painting.mix),
-        strength=strength,
-    )
+    def onnx_stylizers() -> Stylizers:
+        graph = compiled_graph(name, path)
+        if resolved is not None:
+            return OnnxStylizers(graph, resolved.vector, jobs, fallback, scale=scale)
+        assert painting is not None
+        predictor = compiled_predictor(name, path, style_size)
+        paintings = (predictor, pictures, painting.mix)
+        return OnnxStylizers(
+            graph, None, jobs, fallback, paintings=paintings, strength=strength, scale=scale
+        )
+
+    try:
+        try:
+            return onnx_stylizers()
+        except StylizeError:
+            # A cached graph that no longer loads (a damaged file): export it again, once.
+            from stylize.store.compiled import remove_graphs
+
+            remove_graphs(name)
+            return onnx_stylizers()
+    except (StylizeError, OSError) as error:
+        # No graph (a network without an ONNX form, a cache that cannot be written).
+        reason = error if isinstance(error, StylizeError) else error.strerror or error
+        _console.warn(f"{name} runs on PyTorch: {reason}")
+        return on_torch()
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -272,6 +287,9 @@ def _torch_stylizers(
     # Style pictures are read before anything is downloaded: a bad one fails at once.
     paintings = [to_tensor(load_image(ref.image).rgb) for ref in refs if ref.image is not None]
     runtime = Runtime.create(device, precision)
+    if runtime.device.type == "cpu" and precision == "auto" and runtime.dtype is not None:
+        # PyTorch found no GPU after all: on the CPU, apply's auto is float32 (make_stylizers).
+        runtime = Runtime.create(device, "fp32")
     with _console.download_progress("downloading the style network", quiet) as on_download:
         loaded = load_styles(
             refs,
@@ -292,11 +310,13 @@ def _torch_stylizers(
 
 
 def _memory_budget() -> int:
+    """A share of the memory available: Linux's accounts (cgroup, ulimit, MemAvailable) where
+    there are some, else what the system reports."""
     from types import SimpleNamespace
 
+    from stylize.engine.hardware import usable_memory
     from stylize.engine.memory import available_memory
 
     available = available_memory(SimpleNamespace(type="cpu"))  # type: ignore[arg-type]
-    if available is None:
-        return _DEFAULT_BUDGET
-    return int(available.bytes * _MEMORY_SHARE)
+    usable = available.bytes if available is not None else usable_memory()
+    return _DEFAULT_BUDGET if usable is None else int(usable * _MEMORY_SHARE)

@@ -217,7 +217,8 @@ def apply(
             folders_created=target is not None and not target.names_a_file,
             crf=crf,
         )
-        skipped = [job for job in planned if job not in jobs]
+        kept = set(jobs)
+        skipped = [job for job in planned if job not in kept]
     if not jobs:
         if as_json:
             _console.result(_outcomes_json([], skipped))
@@ -237,6 +238,7 @@ def apply(
         batch_size=batch_size,
         jobs=_images(jobs),
         quiet=quiet,
+        scale=scale,
     )
     created = _create_folders(jobs)
     settings = Settings(scale, strength, preserve_color, max_size)

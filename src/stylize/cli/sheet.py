@@ -89,8 +89,8 @@ def sheet(
                 jobs=1,
                 quiet=quiet,
             )
-            stylize, _ = stylizers.for_photo(content, 1.0)
             try:
+                stylize, _ = stylizers.for_photo(content, 1.0)
                 result = stylize(content)
             except StylizeError as error:
                 raise StylizeError(f"{photo}: {error}") from None

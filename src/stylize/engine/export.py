@@ -250,7 +250,9 @@ class _Builder(_Graph):
         if upsampling:
             return self._upsampling_conv(x, weight, bias)
         x = self._pad(x, layer.padding, "reflect")
-        if conv.stride == (1, 1) and conv.out_channels < _NARROW_OUTPUT and weight.shape[-1] > 1:
+        # Pixel blocks need even sides: only full-resolution sides are multiples of 4.
+        narrow = conv.out_channels < _NARROW_OUTPUT and weight.shape[-1] > 1
+        if self._level == 0 and conv.stride == (1, 1) and narrow:
             return self._narrow_conv(x, weight, bias)
         return self._plain_conv(x, weight, bias, stride=int(conv.stride[0]))
 

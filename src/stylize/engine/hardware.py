@@ -80,3 +80,39 @@ def torch_build() -> dict[str, str]:
         return {"cuda": "unknown"}
     found = {name: value.strip("'\"") for name, value in _BUILD_LINE.findall(text)}
     return {name: value for name, value in found.items() if value != "None"}
+
+
+def usable_memory() -> int | None:
+    """Memory a process may take, where the system tells without /proc (None elsewhere): the
+    available physical memory on Windows, half of the physical memory elsewhere (some is in
+    use). For when `engine.memory.available_memory`, which reads Linux's accounts, cannot."""
+    if sys.platform == "win32":
+        return _windows_available_memory()
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _windows_available_memory() -> int | None:
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [
+            ("length", ctypes.c_ulong),
+            ("memory_load", ctypes.c_ulong),
+            ("total_physical", ctypes.c_ulonglong),
+            ("available_physical", ctypes.c_ulonglong),
+            ("total_page_file", ctypes.c_ulonglong),
+            ("available_page_file", ctypes.c_ulonglong),
+            ("total_virtual", ctypes.c_ulonglong),
+            ("available_virtual", ctypes.c_ulonglong),
+            ("available_extended_virtual", ctypes.c_ulonglong),
+        ]
+
+    status = MemoryStatus()
+    status.length = ctypes.sizeof(MemoryStatus)
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    if not kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        return None
+    return int(status.available_physical)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from stylize.errors import StylizeError
 
 #: The graph's contract with `export.py`; bumped whenever the exported graphs change, so cached
 #: exports are rebuilt.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 IMAGE_INPUT, STYLE_INPUT, OUTPUT = "image", "style", "stylized"
 #: The style predictor's output.
 STYLE_VECTOR = "style_vector"
@@ -38,6 +39,7 @@ ENGINE_VARIABLE = "STYLIZE_ONNX"
 # 600 bytes a pixel for the 26-style network (32 channels), 1,300 for the pytorch/examples one
 # (its last upsampling convolution reads 64 channels at full resolution).
 _BYTES_PER_PIXEL_PER_CHANNEL = 20
+_FATAL_ONLY = 4  # ONNX Runtime's log severity levels: 0 verbose to 4 fatal
 
 
 def runs_on_onnx(device: str, precision: str) -> bool:
@@ -65,9 +67,7 @@ class OnnxStylizer:
     def __init__(self, graph: Path, style: Sequence[float] | None, *, threads: int) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: warnings go to stderr unasked
-        options.intra_op_num_threads = threads
+        options = _session_options(ort, threads)
         options.inter_op_num_threads = 1
         # Planning memory by the first image's shapes keeps the largest activations allocated
         # for the whole run (measured: a third more peak memory for one photo) and does not help
@@ -110,9 +110,12 @@ class OnnxStylizer:
                 feeds[STYLE_INPUT] = np.asarray(style, dtype=np.float32)
             (raw,) = self.session.run([OUTPUT], {IMAGE_INPUT: padded, **feeds})
         except Exception as error:  # onnxruntime's own exception types are not importable
+            reason = _first_line(error)
+            if "allocate memory" in reason:
+                reason = "out of memory"
             raise StylizeError(
-                f"cannot stylize {size[1]}x{size[0]} pixels: {_first_line(error)}; a smaller "
-                "--max-size or --tile-size needs less memory"
+                f"cannot stylize {size[1]}x{size[0]} pixels: {reason}; a smaller --max-size "
+                "or --tile-size needs less memory"
             ) from None
         stylized = raw[..., : size[0], : size[1]]
         if size != (height, width):
@@ -133,9 +136,7 @@ class OnnxPredictor:
     def __init__(self, graph: Path, *, threads: int) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
+        options = _session_options(ort, threads)
         try:
             self.session = ort.InferenceSession(
                 str(graph), options, providers=["CPUExecutionProvider"]
@@ -155,6 +156,17 @@ class OnnxPredictor:
         square = np.ascontiguousarray(square, dtype=np.float32)
         (vectors,) = self.session.run([STYLE_VECTOR], {IMAGE_INPUT: square})
         return vectors[0]
+
+
+def _session_options(ort: Any, threads: int) -> Any:
+    """Options of a session on `threads` threads that keeps ONNX Runtime's own log quiet: its
+    errors reach the user as one line each, through StylizeError."""
+    # Fatal only: ONNX Runtime prints errors (a failed allocation, say) on stderr unasked.
+    ort.set_default_logger_severity(_FATAL_ONLY)
+    options = ort.SessionOptions()
+    options.log_severity_level = _FATAL_ONLY
+    options.intra_op_num_threads = threads
+    return options
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

@@ -67,6 +67,14 @@ def compiled_predictor(name: str, model_file: Path, size: int) -> Path:
     return path
 
 
+def remove_graphs(name: str) -> None:
+    """Removes every cached graph of the model `name` (a damaged one is exported again)."""
+    folder = graphs_dir()
+    if folder.is_dir():
+        for path in folder.glob(f"{name}.*.onnx"):
+            path.unlink(missing_ok=True)
+
+
 def tidy_graphs(installed: set[str]) -> list[Path]:
     """Removes the graphs of models not in `installed`; returns them."""
     folder = graphs_dir()

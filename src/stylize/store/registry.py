@@ -51,7 +51,6 @@ MessageCallback = Callable[[str], None]
 # folder, where everything is a temporary, any hidden file or folder.
 _LEGACY_MODEL_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}|\..+\.[0-9a-f]{8}\.tmp")
 _LEGACY_DOWNLOAD_TEMPORARY = re.compile(r"\..+")
-# The catalog's multi-style network (multistyle26) holds this many styles.
 
 
 def install_model(
@@ -161,6 +160,9 @@ def remove_model(name: str) -> None:
     if not path.exists():
         raise StylizeError(f"no model named {name!r} is installed (see 'stylize models list')")
     path.unlink()
+    from stylize.store.compiled import tidy_graphs
+
+    tidy_graphs(set(_installed_files()))
 
 
 @dataclass(frozen=True)
