@@ -220,3 +220,18 @@ def test_usable_cpus_without_affinity_fall_back_to_the_cpu_count(cpu_max, monkey
     assert usable_cpus() == 3
     monkeypatch.setattr(hardware.os, "cpu_count", lambda: None)
     assert usable_cpus() == 1
+
+
+def test_usable_memory_is_half_the_physical_memory_on_posix(monkeypatch):
+    from stylize.engine import hardware
+
+    monkeypatch.setattr(hardware.sys, "platform", "darwin")
+    values = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1000}
+    monkeypatch.setattr(hardware.os, "sysconf", lambda name: values[name])
+    assert hardware.usable_memory() == 4096 * 1000 // 2
+
+    def unknown(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(hardware.os, "sysconf", unknown)
+    assert hardware.usable_memory() is None
