@@ -226,3 +226,11 @@ def test_an_existing_file_needs_overwrite_when_reading_standard_input(
     result = run("apply", "-", "-s", tiny, "-o", target, "--overwrite", input=photo.read_bytes())
     assert result.exit_code == 0, result.stderr
     assert pixels(target).shape == (32, 48, 3)
+
+
+def test_a_terminal_is_refused_as_standard_input(run, tiny, monkeypatch, tmp_path):
+    # The test runner's standard streams, standard input among them, say they are terminals.
+    monkeypatch.setattr(typer.testing._NamedTextIOWrapper, "isatty", lambda self: True)
+    result = run("apply", "-", "-s", tiny, "-o", tmp_path / "out.png")
+    assert result.exit_code == 2
+    assert "standard input" in result.stderr and "terminal" in result.stderr

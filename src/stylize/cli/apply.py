@@ -310,6 +310,11 @@ def _piped_jobs(
     source = inputs[0]
     if source != _PIPE and not source.is_file():
         raise typer.BadParameter(one_image, param_hint="'--output'")
+    if source == _PIPE and sys.stdin.isatty():
+        raise typer.BadParameter(
+            "- reads an image from standard input, which is the terminal here: pipe one in "
+            "(< photo.jpg)"
+        )
     from stylize.cli._video_run import is_clip
 
     if source != _PIPE and is_clip(source):
