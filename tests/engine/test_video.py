@@ -295,3 +295,28 @@ def test_crf_changes_the_quality(tmp_path, pan_frames):
 def test_is_video():
     assert is_video("a/clip.MP4") and is_video("x.gif") and is_video("y.webm")
     assert not is_video("photo.jpg")
+
+
+def test_a_frame_size_that_changes_mid_clip_is_one_line(tmp_path):
+    import av
+
+    # Two raw H.264 streams of different sizes, one after the other: the decoder follows the
+    # new size mid-stream, as in a spliced broadcast recording.
+    parts = []
+    for index, (width, height) in enumerate([(64, 48), (96, 64)]):
+        part = tmp_path / f"part{index}.h264"
+        with av.open(str(part), "w", format="h264") as output:
+            stream = output.add_stream("libx264", rate=24)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for shade in range(3):
+                picture = np.full((height, width, 3), 60 * shade, dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                    output.mux(packet)
+            for packet in stream.encode():
+                output.mux(packet)
+        parts.append(part.read_bytes())
+    path = tmp_path / "spliced.h264"
+    path.write_bytes(b"".join(parts))
+    with open_video(path) as reader:
+        with pytest.raises(StylizeError, match="frame size changes from 64x48 to 96x64"):
+            list(reader.frames())

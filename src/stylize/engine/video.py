@@ -197,6 +197,14 @@ class VideoReader:
                 ) from None
             if count == 0:
                 self._rotation = _frame_rotation(frame, self._stream)
+                size = (frame.width, frame.height)
+            elif (frame.width, frame.height) != size:
+                # The writer and the stabilizer need one size (a stream spliced from clips).
+                raise StylizeError(
+                    f"cannot read {self.path}: its frame size changes from {size[0]}x{size[1]} "
+                    f"to {frame.width}x{frame.height} at frame {count + 1}; stylize takes clips "
+                    "of one size"
+                )
             pts = frame.pts
             if pts is None:
                 # Containers without timestamps (raw streams, some AVIs): one frame period on.
