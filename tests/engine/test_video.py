@@ -317,6 +317,6 @@ def test_a_frame_size_that_changes_mid_clip_is_one_line(tmp_path):
         parts.append(part.read_bytes())
     path = tmp_path / "spliced.h264"
     path.write_bytes(b"".join(parts))
-    with open_video(path) as reader:
-        with pytest.raises(StylizeError, match="frame size changes from 64x48 to 96x64"):
-            list(reader.frames())
+    message = "frame size changes from 64x48 to 96x64"
+    with open_video(path) as reader, pytest.raises(StylizeError, match=message):
+        list(reader.frames())
