@@ -450,7 +450,11 @@ def test_ctrl_c_in_a_parallel_folder_reports_every_file_it_wrote(tiny, make_imag
     from stylize.engine.imageio import load_image, save_image
 
     cpus(2)
-    photos = [make_image(f"photos/p{index}.png", seed=index) for index in range(6)]
+    # The third photo is the only one 52 pixels wide: the stylizer knows it by its size.
+    photos = [
+        make_image(f"photos/p{index}.png", size=(52 if index == 2 else 48, 32), seed=index)
+        for index in range(6)
+    ]
     stylizers = _stylizers.make_stylizers(
         [parse_style(tiny)],
         None,
@@ -468,12 +472,11 @@ def test_ctrl_c_in_a_parallel_folder_reports_every_file_it_wrote(tiny, make_imag
 
     def interrupted_at_the_third(content, strength):
         stylize, left = inner(content, strength)
-        if content[0, 0, 0, 0] == first_pixel[2]:
+        if content.shape[-1] == 52:
             time.sleep(0.2)  # the other worker finishes its image meanwhile
             raise KeyboardInterrupt
         return stylize, left
 
-    first_pixel = [float(load_image(photo).rgb.getpixel((0, 0))[0]) / 255 for photo in photos]
     stylizers.for_photo = interrupted_at_the_third
     out = tmp_path / "out"
     out.mkdir()

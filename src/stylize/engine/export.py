@@ -172,7 +172,7 @@ class _Graph:
         )
         if properties:
             helper.set_model_props(model, properties)
-        # Readable by every onnxruntime this project supports (1.17 reads IR version 9).
+        # Readable by every onnxruntime this project supports (1.18 reads up to IR version 9).
         model.ir_version = min(model.ir_version, 8)
         return model
 
