@@ -74,6 +74,8 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hardware_module, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(hardware_module, "CGROUP_V1_QUOTA", tmp_path / "cpu.cfs_quota_us")
+    monkeypatch.setattr(hardware_module, "CGROUP_V1_PERIOD", tmp_path / "cpu.cfs_period_us")
     device_module._limit_cpu_threads.cache_clear()
     yield calls
     device_module._limit_cpu_threads.cache_clear()

@@ -191,6 +191,8 @@ def test_an_unknown_system_with_a_gpu_build_lets_torch_decide(fake_torch, driver
 def cpu_max(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "cpu.max"
     monkeypatch.setattr(hardware, "CGROUP_CPU_MAX", path)
+    monkeypatch.setattr(hardware, "CGROUP_V1_QUOTA", tmp_path / "cpu.cfs_quota_us")
+    monkeypatch.setattr(hardware, "CGROUP_V1_PERIOD", tmp_path / "cpu.cfs_period_us")
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     return path
 
@@ -235,3 +237,14 @@ def test_usable_memory_is_half_the_physical_memory_on_posix(monkeypatch):
 
     monkeypatch.setattr(hardware.os, "sysconf", unknown)
     assert hardware.usable_memory() is None
+
+
+@pytest.mark.parametrize(
+    ("quota", "period", "expected"),
+    [("-1", "100000", 8), ("200000", "100000", 2), ("250000", "100000", 3), ("x", "1", 8)],
+)
+def test_usable_cpus_read_a_cgroup_v1_quota(cpu_max, quota, period, expected):
+    # No cgroup v2 file (cpu_max is not written): the v1 quota decides.
+    (cpu_max.parent / "cpu.cfs_quota_us").write_text(quota + "\n")
+    (cpu_max.parent / "cpu.cfs_period_us").write_text(period + "\n")
+    assert usable_cpus() == expected

@@ -18,6 +18,9 @@ from pathlib import Path
 
 # Inside a container the cgroup namespace puts the container's own CPU limit here.
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# The same under cgroup v1 (older Docker and Kubernetes hosts): a quota and its period, in µs.
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 # Files a GPU driver creates: NVIDIA's on Linux, under WSL 2, and AMD's ROCm kernel driver.
 NVIDIA_DRIVER_FILES = (
     Path("/proc/driver/nvidia/version"),
@@ -29,12 +32,17 @@ _BUILD_LINE = re.compile(r"^(cuda|hip)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE
 
 
 def cgroup_cpu_quota() -> int | None:
-    """Whole CPUs allowed by a cgroup v2 quota ("max" or absent: no quota)."""
+    """Whole CPUs allowed by a cgroup quota, v2 or else v1 ("max", -1 or absent: no quota)."""
     try:
         limit, period = CGROUP_CPU_MAX.read_text().split()[:2]
         return max(1, -(-int(limit) // int(period)))
     except (OSError, ValueError):
+        pass
+    try:
+        limit, period = int(CGROUP_V1_QUOTA.read_text()), int(CGROUP_V1_PERIOD.read_text())
+    except (OSError, ValueError):
         return None
+    return max(1, -(-limit // period)) if limit > 0 and period > 0 else None
 
 
 def usable_cpus() -> int:
