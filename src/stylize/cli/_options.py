@@ -60,6 +60,15 @@ PrecisionOption = Annotated[
         "it fast, else fp32.",
     ),
 ]
+# apply and sheet: on the CPU auto is fp32, whichever engine runs (see docs/apply.md).
+StylizePrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Arithmetic of the network: auto is fp32 on the CPU (ONNX Runtime, without "
+        "PyTorch) and bf16/fp16 on GPUs that run it fast.",
+    ),
+]
 
 
 def valid_model_name(name: str | None) -> str | None:

@@ -17,9 +17,9 @@ from stylize.cli._apply_run import Job as _Job
 from stylize.cli._options import (
     DeviceOption,
     Precision,
-    PrecisionOption,
     QuietOption,
     StyleBlendOption,
+    StylizePrecisionOption,
     parse_blend,
     positive_number,
 )
@@ -152,7 +152,7 @@ def apply(
         bool, typer.Option("--preserve-color", help="Keep the original image's colors.")
     ] = False,
     device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: StylizePrecisionOption = Precision.auto,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images of the same size to stylize at once (GPU).")
     ] = 1,

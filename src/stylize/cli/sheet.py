@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from stylize.cli import _console
-from stylize.cli._options import DeviceOption, Precision, PrecisionOption, QuietOption, not_stdout
+from stylize.cli._options import (
+    DeviceOption,
+    Precision,
+    QuietOption,
+    StylizePrecisionOption,
+    not_stdout,
+)
 from stylize.errors import StylizeError
 
 MULTISTYLE_NETWORK = "multistyle26"
@@ -49,7 +55,7 @@ def sheet(
         False
     ),
     device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: StylizePrecisionOption = Precision.auto,
     quiet: QuietOption = False,
 ) -> None:
     """Render one photo in many styles as one labelled image, to choose a style.
