@@ -101,7 +101,7 @@ def no_space_reason(error: BaseException) -> str | None:
     Recognized: an OSError with ENOSPC or EDQUOT; a library's error that passes the system's
     message on as text (safetensors' SafetensorError, pip's output); torch.save's short-write
     check ("inline_container ... unexpected pos")."""
-    for cause in _chain(error):
+    for cause in error_chain(error):
         if isinstance(cause, OSError) and cause.errno is not None:
             if cause.errno in _NO_SPACE_ERRNOS:
                 return _NO_SPACE_ERRNOS[cause.errno]
@@ -126,7 +126,7 @@ def no_space_error(error: BaseException, folder: Path, subject: str) -> NoSpaceE
     return NoSpaceError(folder, subject, no_space_reason(error) or NO_SPACE)
 
 
-def _chain(error: BaseException) -> list[BaseException]:
+def error_chain(error: BaseException) -> list[BaseException]:
     """`error` and the errors it was raised from or while handling (`raise ... from None`
     hides the context from tracebacks, not from here)."""
     chain: list[BaseException] = []

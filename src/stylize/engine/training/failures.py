@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stylize.atomic import NO_SPACE as DISK_FULL
+from stylize.atomic import error_chain
 from stylize.atomic import no_space_reason as disk_full_reason
 from stylize.engine.memory import out_of_memory_detail
 from stylize.errors import StylizeError
@@ -55,7 +56,7 @@ def write_problem(error: BaseException) -> str:
     full = disk_full_reason(error)
     if full is not None:
         return full
-    for cause in _chain(error):
+    for cause in error_chain(error):
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
     return _one_line(str(error)) or type(error).__name__
@@ -93,17 +94,6 @@ def resume_advice(workdir: Path, checkpoint_step: int | None) -> str:
         f"the last checkpoint (step {checkpoint_step}) is in {workdir}: run the same command "
         "with --resume to continue from it"
     )
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from or while handling (`raise ... from None`
-    hides the context from tracebacks, not from here)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 def _one_line(text: str) -> str:
