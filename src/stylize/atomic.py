@@ -31,7 +31,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -141,6 +141,23 @@ def refuse_existing(path: Path, *, overwrite: bool) -> None:
     """StylizeError when `path` exists and `overwrite` is false."""
     if not overwrite and Path(path).exists():
         raise StylizeError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def check_target(path: Path, suffixes: Iterable[str], kind: str, *, overwrite: bool) -> None:
+    """StylizeError unless a file of `kind` ("image", "video") may be written at `path`: one
+    of `suffixes`, in an existing folder, not a folder itself, not an existing file unless
+    `overwrite`."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise StylizeError(
+            f"cannot write {path}: unsupported {kind} type '{path.suffix or '(none)'}'; "
+            f"use one of {', '.join(sorted(suffixes))}"
+        )
+    if not path.parent.is_dir():
+        raise StylizeError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise StylizeError(f"cannot write {path}: it is a folder")
+    refuse_existing(path, overwrite=overwrite)
 
 
 def temporary_path(path: Path) -> Path:

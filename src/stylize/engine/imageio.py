@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from stylize.atomic import atomic_write, refuse_existing
+from stylize.atomic import atomic_write, check_target
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
@@ -235,18 +235,8 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
 
 def check_output_path(path: Path, *, overwrite: bool) -> None:
     """Fails unless `save_image(..., path, overwrite=overwrite)` can write there."""
-    path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise StylizeError(
-            f"cannot write {path}: unsupported image type '{path.suffix or '(none)'}'; "
-            f"use one of {', '.join(sorted(OUTPUT_SUFFIXES))}"
-        )
-    if not path.parent.is_dir():
-        raise StylizeError(f"cannot write {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise StylizeError(f"cannot write {path}: it is a folder")
-    refuse_existing(path, overwrite=overwrite)
-    _check_writable_folder(path)
+    check_target(path, OUTPUT_SUFFIXES, "image", overwrite=overwrite)
+    _check_writable_folder(Path(path))
 
 
 def _check_writable_folder(path: Path) -> None:

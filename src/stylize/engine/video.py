@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stylize.atomic import atomic_path, refuse_existing
+from stylize.atomic import atomic_path, check_target
 from stylize.engine.settings import MIN_IMAGE_SIZE
 from stylize.errors import StylizeError
 
@@ -241,17 +241,7 @@ def open_video(path: Path | str) -> VideoReader:
 def check_video_output(path: Path | str, *, overwrite: bool = False) -> None:
     """Fails unless `write_video` can write `path`: a video suffix, an existing folder, no file
     there unless `overwrite`."""
-    path = Path(path)
-    if path.suffix.lower() not in _MUXERS:
-        raise StylizeError(
-            f"cannot write {path}: unsupported video type '{path.suffix or '(none)'}'; "
-            f"use one of {', '.join(sorted(_MUXERS))}"
-        )
-    if not path.parent.is_dir():
-        raise StylizeError(f"cannot write {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise StylizeError(f"cannot write {path}: it is a folder")
-    refuse_existing(path, overwrite=overwrite)
+    check_target(Path(path), _MUXERS, "video", overwrite=overwrite)
 
 
 def video_codec_for(path: Path | str) -> str:
