@@ -112,6 +112,7 @@ class ClipRunner:
         self.stylizers, self.settings, self.options = stylizers, settings, options
 
     def __call__(self, job: Job) -> None:
+        from stylize.engine.imageio import array_to_pixels, pixels_to_array
         from stylize.engine.temporal import TemporalStabilizer
         from stylize.engine.video import open_video, write_video
 
@@ -123,18 +124,18 @@ class ClipRunner:
             out_info = info if resize is None else replace(info, width=resize[0], height=resize[1])
             first_image = self._resized(first.image, resize)
             stylize, strength = self.stylizers.for_photo(
-                _to_array(first_image), self.settings.strength
+                pixels_to_array(first_image), self.settings.strength
             )
             stabilize = TemporalStabilizer(self.options.temporal_weight)
 
             def stylized(image: np.ndarray) -> np.ndarray:
                 result = stylize(
-                    _to_array(image),
+                    pixels_to_array(image),
                     scale=self.settings.scale,
                     strength=strength,
                     preserve_color=self.settings.preserve_color,
                 )
-                return _to_uint8(result)
+                return array_to_pixels(result)
 
             inputs = _chain(first, frames, lambda image: self._resized(image, resize))
             with write_video(
@@ -191,21 +192,6 @@ class ClipRunner:
             _console.warn(
                 f"{job.target.name}: GIF has no sound: the audio of {job.source.name} is left out"
             )
-
-
-def _to_array(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> (1, 3, H, W) float32 in [0, 1], as `imageio.image_to_array`."""
-    import numpy as np
-
-    return image.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
-
-
-def _to_uint8(result: np.ndarray) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> HxWx3 uint8, rounded as `imageio.array_to_image` rounds."""
-    import numpy as np
-
-    pixels = np.rint(np.clip(result[0], 0, 1) * np.float32(255)).astype(np.uint8)
-    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def _chain(

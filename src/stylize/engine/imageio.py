@@ -120,13 +120,22 @@ def _decode(source: Path | BinaryIO, path: Path) -> LoadedImage:
 def image_to_array(image: Image.Image) -> np.ndarray:
     """A (1, 3, H, W) float32 array with values in [0, 1]: `to_tensor` without PyTorch."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)[None]
-    return pixels.astype(np.float32) / np.float32(255)
+    return pixels_to_array(np.asarray(rgb, dtype=np.uint8))
+
+
+def pixels_to_array(pixels: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels (a video frame, say) as `image_to_array` gives them."""
+    return pixels.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
 
 
 def array_to_image(array: np.ndarray) -> Image.Image:
     """An RGB image from a (1, 3, H, W) or (3, H, W) array in [0, 1] (values outside clamp),
     rounded as `to_image` rounds."""
+    return Image.fromarray(array_to_pixels(array))
+
+
+def array_to_pixels(array: np.ndarray) -> np.ndarray:
+    """`array_to_image`'s pixels, HxWx3 uint8."""
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3 or array.shape[0] != 3:
@@ -134,7 +143,7 @@ def array_to_image(array: np.ndarray) -> Image.Image:
             f"expected an image array of shape (1, 3, H, W) or (3, H, W), got {array.shape}"
         )
     pixels = np.rint(np.clip(array, 0, 1) * np.float32(255)).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
