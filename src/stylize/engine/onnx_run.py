@@ -73,12 +73,7 @@ class OnnxStylizer:
         # for the whole run (measured: a third more peak memory for one photo) and does not help
         # with images of different sizes.
         options.enable_mem_pattern = False
-        try:
-            self.session = ort.InferenceSession(
-                str(graph), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime's own exception types are not importable
-            raise StylizeError(f"cannot load the network {graph}: {_first_line(error)}") from None
+        self.session = _cpu_session(ort, graph, options)
         metadata = self.session.get_modelmeta().custom_metadata_map
         channels = int(metadata.get(CHANNELS_KEY, "64"))
         #: What running an image whole takes, per pixel.
@@ -137,12 +132,7 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         options = _session_options(ort, threads)
-        try:
-            self.session = ort.InferenceSession(
-                str(graph), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime's own exception types are not importable
-            raise StylizeError(f"cannot load the network {graph}: {_first_line(error)}") from None
+        self.session = _cpu_session(ort, graph, options)
         self.size = int(self.session.get_inputs()[0].shape[-1])
 
     def vector_of(self, image: np.ndarray) -> np.ndarray:
@@ -167,6 +157,14 @@ def _session_options(ort: Any, threads: int) -> Any:
     options.log_severity_level = _FATAL_ONLY
     options.intra_op_num_threads = threads
     return options
+
+
+def _cpu_session(ort: Any, graph: Path, options: Any) -> Any:
+    """An ONNX Runtime session of `graph` on the CPU; StylizeError when it does not load."""
+    try:
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types are not importable
+        raise StylizeError(f"cannot load the network {graph}: {_first_line(error)}") from None
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
