@@ -312,11 +312,9 @@ def _torch_stylizers(
 def _memory_budget() -> int:
     """A share of the memory available: Linux's accounts (cgroup, ulimit, MemAvailable) where
     there are some, else what the system reports."""
-    from types import SimpleNamespace
-
     from stylize.engine.hardware import usable_memory
-    from stylize.engine.memory import available_memory
+    from stylize.engine.memory import available_cpu_memory
 
-    available = available_memory(SimpleNamespace(type="cpu"))  # type: ignore[arg-type]
+    available = available_cpu_memory()
     usable = available.bytes if available is not None else usable_memory()
     return _DEFAULT_BUDGET if usable is None else int(usable * _MEMORY_SHARE)

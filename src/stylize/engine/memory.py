@@ -393,6 +393,11 @@ def available_memory(device: torch.device) -> Available | None:
         return Available(max(0, left), "available to the GPU")
     if device.type != "cpu":
         return None
+    return available_cpu_memory()
+
+
+def available_cpu_memory() -> Available | None:
+    """`available_memory` of the CPU, without a torch device (the ONNX Runtime path)."""
     limits = [
         each
         for each in (_meminfo_available(), _cgroup_available(), _address_space_available())
