@@ -15,31 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from real_weights import TF_GRAPHDEF, WHEEL
-from style_nets import random_style_net
+from real_weights import WHEEL
 from stylize.cli import _stylizers
 from stylize.engine import hardware
 from stylize.engine.onnx_run import OnnxStylizer
-from stylize.engine.transformer import TransformerConfig
-from stylize.store.registry import import_model, install_model
+from stylize.store.registry import import_model
 from stylize.store.styles import parse_style
-
-TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
-
-
-@pytest.fixture
-def tiny(stylize_home: Path) -> str:
-    state = random_style_net(config=TINY).state_dict()
-    install_model(
-        "tiny", state, {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
-    )
-    return "tiny"
-
-
-@pytest.fixture
-def real26(stylize_home: Path) -> str:
-    assert import_model(TF_GRAPHDEF) == "multistyle26"
-    return "multistyle26"
 
 
 class Engines:

@@ -15,21 +15,8 @@ import typer.testing
 from PIL import Image
 from typer.testing import CliRunner
 
-from style_nets import random_style_net
-from stylize.engine.transformer import TransformerConfig
-from stylize.store.registry import install_model
-
-TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
-
-
-@pytest.fixture
-def tiny(stylize_home: Path) -> str:
-    state = random_style_net(config=TINY).state_dict()
-    meta = {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
-    install_model("tiny", state, meta)
-    return "tiny"
 
 
 @pytest.fixture

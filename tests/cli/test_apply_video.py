@@ -13,35 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from real_weights import TF_GRAPHDEF, WHEEL
-from style_nets import random_style_net
+from real_weights import WHEEL
 from stylize.cli import _stylizers, apply
 from stylize.engine.onnx_run import OnnxPredictor, OnnxStylizer
 from stylize.engine.temporal import DEFAULT_WEIGHT, warping_error
-from stylize.engine.transformer import TransformerConfig
 from stylize.engine.video import CRF_RANGE, DEFAULT_CRF, open_video
-from stylize.store.registry import import_model, install_model
+from stylize.store.registry import import_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
 import video_clips as clips
 
-TINY = TransformerConfig(channels=(8, 16, 16), residual_blocks=1)
 FRAMES, WIDTH, HEIGHT = 24, 96, 64
-
-
-@pytest.fixture
-def tiny(stylize_home: Path) -> str:
-    state = random_style_net(config=TINY).state_dict()
-    install_model(
-        "tiny", state, {"kind": "style", "source": "trained", "architecture": TINY.to_dict()}
-    )
-    return "tiny"
-
-
-@pytest.fixture
-def real26(stylize_home: Path) -> str:
-    assert import_model(TF_GRAPHDEF) == "multistyle26"
-    return "multistyle26"
 
 
 @pytest.fixture(scope="module")
