@@ -183,22 +183,7 @@ def make_bad(kind: str, folder: Path, pan_frames: list[np.ndarray]) -> Path:
         path = folder / "noise.mp4"
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
     elif kind == "no video stream":
-        path = folder / "sound.mka"
-        import av
-
-        with av.open(str(path), "w") as output:
-            stream = output.add_stream("libopus", rate=48000)
-            clips._set_mono(stream)
-            samples = clips.tone(0.5)
-            for start in range(0, len(samples) - 959, 960):
-                piece = av.AudioFrame.from_ndarray(
-                    samples[None, start : start + 960], format="flt", layout="mono"
-                )
-                piece.sample_rate, piece.pts = 48000, start
-                for packet in stream.encode(piece):
-                    output.mux(packet)
-            for packet in stream.encode():
-                output.mux(packet)
+        path = clips.write_sound_only(folder / "sound.mka")
     elif kind == "truncated index":
         path = clips.write_clip(folder / "cut.mp4", pan_frames)
         data = path.read_bytes()

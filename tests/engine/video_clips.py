@@ -155,6 +155,24 @@ def write_clip(
     return path
 
 
+def write_sound_only(path: Path, seconds: float = 0.5) -> Path:
+    """A file with an Opus tone and no video stream."""
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("libopus", rate=48000)
+        _set_mono(stream)
+        samples = tone(seconds)
+        for start in range(0, len(samples) - 959, 960):
+            piece = av.AudioFrame.from_ndarray(
+                samples[None, start : start + 960], format="flt", layout="mono"
+            )
+            piece.sample_rate, piece.pts = 48000, start
+            for packet in stream.encode(piece):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path
+
+
 def _set_mono(stream: av.audio.stream.AudioStream) -> None:
     stream.layout = "mono"
     stream.format = "fltp" if stream.codec_context.name != "libopus" else "flt"
