@@ -404,24 +404,29 @@ def test_a_cache_that_cannot_be_written_leaves_the_network_on_pytorch(
     assert "Traceback" not in result.stderr
 
 
+def stylizers_of(style: str, *, device: str, jobs: int) -> _stylizers.Stylizers:
+    """What apply would make for `style` with its other options at their defaults."""
+    return _stylizers.make_stylizers(
+        [parse_style(style)],
+        None,
+        device=device,
+        precision="auto",
+        tile_size=None,
+        style_size=256,
+        strength=1.0,
+        batch_size=1,
+        jobs=jobs,
+        quiet=True,
+    )
+
+
 def test_auto_precision_stays_float32_when_pytorch_finds_no_gpu_after_all(tiny, monkeypatch):
     # hardware could not rule a GPU out, so PyTorch decides: it finds none.
     from stylize.engine import onnx_run
 
     monkeypatch.setattr(onnx_run, "torch_may_find_accelerator", lambda: True)
     monkeypatch.delenv("STYLIZE_ONNX", raising=False)
-    stylizers = _stylizers.make_stylizers(
-        [parse_style(tiny)],
-        None,
-        device="auto",
-        precision="auto",
-        tile_size=None,
-        style_size=256,
-        strength=1.0,
-        batch_size=1,
-        jobs=1,
-        quiet=True,
-    )
+    stylizers = stylizers_of(tiny, device="auto", jobs=1)
     assert isinstance(stylizers, _stylizers.TorchStylizers)
     assert stylizers.runtime.device.type == "cpu" and stylizers.runtime.dtype is None
 
@@ -436,18 +441,7 @@ def test_ctrl_c_in_a_parallel_folder_reports_every_file_it_wrote(tiny, make_imag
         make_image(f"photos/p{index}.png", size=(52 if index == 2 else 48, 32), seed=index)
         for index in range(6)
     ]
-    stylizers = _stylizers.make_stylizers(
-        [parse_style(tiny)],
-        None,
-        device="cpu",
-        precision="auto",
-        tile_size=None,
-        style_size=256,
-        strength=1.0,
-        batch_size=1,
-        jobs=len(photos),
-        quiet=True,
-    )
+    stylizers = stylizers_of(tiny, device="cpu", jobs=len(photos))
     assert stylizers.workers == 2
     inner = stylizers.for_photo
 
