@@ -174,8 +174,8 @@ class Runner:
         image = self.read(job)
         rgb = image.rgb
         if self.settings.max_size is not None:
-            rgb = _shrunk(rgb, self.settings.max_size)
-        _check_scaled_size(rgb, self.settings.scale)
+            rgb = shrunk(rgb, self.settings.max_size)
+        check_scaled_size(rgb, self.settings.scale)
         return image, image_to_array(rgb)
 
     def _stylize(self, contents: np.ndarray) -> np.ndarray:
@@ -238,7 +238,7 @@ def _to_image(result: np.ndarray) -> Image.Image:
     return array_to_image(result)
 
 
-def _shrunk(image: Image.Image, max_size: int) -> Image.Image:
+def shrunk(image: Image.Image, max_size: int) -> Image.Image:
     """`image` with its long edge at most `max_size`, except that the short edge stays at least
     as large as the model takes (so a very wide image keeps a longer long edge)."""
     from stylize.engine.imageio import resize_long_edge
@@ -249,7 +249,7 @@ def _shrunk(image: Image.Image, max_size: int) -> Image.Image:
     return resize_long_edge(image, target) if target < long_edge else image
 
 
-def _check_scaled_size(image: Image.Image, scale: float) -> None:
+def check_scaled_size(image: Image.Image, scale: float) -> None:
     """Refuses a --scale that would make the model's input larger than Pillow lets an image
     be: the resized copy alone would need gigabytes."""
     from PIL import Image

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylize.cli import _console
-from stylize.cli._apply_run import Job, Settings, _check_scaled_size, _shrunk
+from stylize.cli._apply_run import Job, Settings, check_scaled_size, shrunk
 from stylize.cli._stylizers import Stylizers
 
 if TYPE_CHECKING:
@@ -165,8 +165,8 @@ class ClipRunner:
         picture = Image.fromarray(image)
         resized = picture
         if self.settings.max_size is not None:
-            resized = _shrunk(picture, self.settings.max_size)
-        _check_scaled_size(resized, self.settings.scale)
+            resized = shrunk(picture, self.settings.max_size)
+        check_scaled_size(resized, self.settings.scale)
         return None if resized.size == picture.size else resized.size
 
     @staticmethod
