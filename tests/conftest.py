@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from typer.testing import CliRunner
 
 if TYPE_CHECKING:
     from stylize.store.catalog import CatalogEntry
@@ -107,17 +106,12 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def cli() -> Callable[..., object]:
-    """Runs the real CLI in-process: cli("models", "list") -> click Result (stdout, stderr)."""
-    from stylize.cli import app
+    """Runs the real CLI in-process: cli("models", "list") -> Result (exit_code, stdout,
+    stderr)."""
+    from cli_runner import run_cli
 
-    try:
-        # Click before 8.2 mixes stderr into stdout unless told not to.
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-
-    def run(*args: str, input: str | None = None):
-        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    def run(*args: object, input: str | bytes | None = None):
+        return run_cli(args, input=input)
 
     return run
 

@@ -37,3 +37,87 @@ def test_module_entry_point_and_no_torch_import_for_help():
 def test_unknown_option_is_a_usage_error(cli):
     result = cli("--no-such-option")
     assert result.exit_code == 2
+
+
+def _completions(line: str, tmp_path) -> list[str]:
+    """What the shell's completion (argcomplete's protocol) offers for `line`."""
+    import os
+
+    answer = tmp_path / "completions.txt"
+    env = {
+        **os.environ,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
+    }
+    code = "from stylize.cli import main; main()"
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert completed.returncode == 0, completed.stderr
+    return [word.strip() for word in answer.read_text().split("\n")]
+
+
+def test_shell_completion_offers_commands_options_and_values(tmp_path):
+    assert _completions("stylize ap", tmp_path) == ["apply"]
+    assert _completions("stylize apply photo.jpg --ove", tmp_path) == ["--overwrite"]
+    assert set(_completions("stylize models ", tmp_path)) >= {"list", "pull", "remove"}
+    assert _completions("stylize apply photo.jpg --format ", tmp_path) == [
+        "png", "jpg", "webp", "tiff"
+    ]
+    assert _completions("stylize sheet photo.jpg --device c", tmp_path) == ["cpu", "cuda"]
+
+
+def test_show_completion_prints_code_for_the_shell(cli):
+    result = cli("--show-completion", "bash")
+    assert result.exit_code == 0, result.stderr
+    assert "complete" in result.stdout and "stylize" in result.stdout
+    assert cli("--show-completion", "cmd.exe").exit_code == 2
+
+
+def test_a_command_loads_no_help_machinery_and_no_typer_or_pydantic():
+    """Start-up is paid by every call of a shell loop: a command loads argparse only, Rich's
+    help when help is printed."""
+    code = (
+        "import sys\n"
+        "from stylize.cli import main\n"
+        "try:\n"
+        "    main(['models', 'path'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "loaded = {'rich_argparse', 'typer', 'pydantic', 'click', 'torch'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().endswith("ok")
+
+
+def test_options_may_come_before_between_and_after_inputs(cli, tiny, make_image, tmp_path):
+    first, second = make_image("a.png"), make_image("b.png")
+    out = tmp_path / "out"
+    result = cli("apply", "-q", first, "-s", tiny, second, "-o", f"{out}/", "--max-size", "32")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["a.tiny.png", "b.tiny.png"]
+
+
+def test_abbreviated_options_are_not_taken_for_whole_ones(cli, make_image):
+    result = cli("apply", make_image("a.png"), "-s", "candy", "--over")
+    assert result.exit_code == 2
+    assert "unrecognized arguments: --over" in result.stderr
+    assert "stylize apply -h" in result.stderr
+
+
+def test_usage_errors_are_one_line(cli, make_image):
+    for arguments in (
+        ("apply", make_image("a.png")),  # no --style
+        ("apply", make_image("a.png"), "-s", "candy", "--max-size", "8"),
+        ("optimize",),
+        ("nonsense",),
+    ):
+        result = cli(*arguments)
+        assert result.exit_code == 2, arguments
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
+            result.stderr
+        )

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer.testing
 from PIL import Image
-from typer.testing import CliRunner
+
+from cli_runner import MemoryStream
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
@@ -22,15 +22,10 @@ PNG_END = b"IEND\xaeB`\x82"
 @pytest.fixture
 def run():
     """The CLI in-process with bytes on standard input: run(*args, input=b"...")."""
-    from stylize.cli import app
-
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
+    from cli_runner import run_cli
 
     def invoke(*args: object, input: bytes | None = None):
-        return runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+        return run_cli(args, input=input)
 
     return invoke
 
@@ -162,7 +157,7 @@ def test_standard_input_that_is_no_image_is_a_one_line_error(run, tiny):
 
 
 def test_a_terminal_is_refused_as_standard_output(run, tiny, make_image, monkeypatch):
-    monkeypatch.setattr(_test_streams(), "isatty", lambda self: True)
+    monkeypatch.setattr(MemoryStream, "isatty", lambda self: True)
     result = run("apply", make_image(), "-s", tiny, "-o", "-")
     assert result.exit_code == 2
     assert "refusing to write an image to the terminal" in result.stderr
@@ -217,18 +212,7 @@ def test_an_existing_file_needs_overwrite_when_reading_standard_input(
 
 def test_a_terminal_is_refused_as_standard_input(run, tiny, monkeypatch, tmp_path):
     # The test runner's standard streams, standard input among them, say they are terminals.
-    monkeypatch.setattr(_test_streams(), "isatty", lambda self: True)
+    monkeypatch.setattr(MemoryStream, "isatty", lambda self: True)
     result = run("apply", "-", "-s", tiny, "-o", tmp_path / "out.png")
     assert result.exit_code == 2
     assert "standard input" in result.stderr and "terminal" in result.stderr
-
-
-def _test_streams() -> type:
-    """The class of the test runner's standard streams: Typer's own since it vendors Click,
-    Click's before."""
-    wrapper = getattr(typer.testing, "_NamedTextIOWrapper", None)
-    if wrapper is None:
-        import click.testing
-
-        wrapper = click.testing._NamedTextIOWrapper
-    return wrapper

@@ -25,24 +25,25 @@ def style(stylize_home: Path) -> str:
 
 
 def unboxed(text: str) -> str:
-    """Rich's error and help boxes unwrapped into one line of words."""
+    """Help and error text unwrapped into one line of words."""
     return " ".join(text.replace("│", " ").split())
 
 
 def command_paths() -> list[tuple[str, ...]]:
-    from typer.main import get_command
+    """Every command and subcommand, as the words that name it."""
+    import argparse
 
-    from stylize.cli import app
+    from stylize.cli import build_parser
 
-    root = get_command(app)
-    ctx = root.make_context("stylize", ["models", "list"], resilient_parsing=True)
-    paths: list[tuple[str, ...]] = [()]
-    for name in root.list_commands(ctx):
-        command = root.get_command(ctx, name)
-        paths.append((name,))
-        if hasattr(command, "list_commands"):
-            paths += [(name, sub) for sub in command.list_commands(ctx)]
-    return paths
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += walk(sub, (*path, name))
+        return found
+
+    return walk(build_parser(), ())
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda path: " ".join(path) or "stylize")
@@ -55,7 +56,7 @@ def test_flags_show_no_value_in_help(cli, path):
 
 def test_help_still_shows_what_options_take(cli):
     help_text = unboxed(cli("optimize", "--help").stdout)
-    assert "--quiet -q Do not show progress" in help_text
+    assert "--quiet, -q Do not show progress" in help_text
     assert "--preserve-color Keep the content photo's colors." in help_text
     assert "--precision" in help_text and "auto|fp32|bf16|fp16" in help_text
 

@@ -1,117 +1,120 @@
-"""The `stylize` command line. Heavy imports (torch, torchvision) happen inside commands."""
+"""The `stylize` command line. Heavy imports (torch, NumPy, Rich) happen inside commands.
+
+Each subcommand's module has `add_parser(commands)`, which declares its arguments and sets
+`run` to the function that does the work, called with the parsed options as keywords (a group
+such as `models` sets its own help as `run`, for when no subcommand is given).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-from typer.core import TyperGroup
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stylize import __version__
-from stylize.cli import _console, _options
+from stylize.cli import _console
+from stylize.cli._parser import USAGE_EXIT_CODE, Parser, UsageError
 from stylize.errors import StylizeError
 
-try:
-    _TYPER_ERROR: type[Exception] = typer.TyperException
-except AttributeError:  # Typer before its own exceptions used click's
-    from click import ClickException as _TYPER_ERROR
+_SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
+_DESCRIPTION = "Neural style transfer: optimize an image, apply a fast style model, or train one."
 
 
-class _ReportingGroup(TyperGroup):
-    """Turns expected failures into one line on stderr and exit code 1 (traceback with --debug)."""
-
-    def invoke(self, ctx: typer.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, _TYPER_ERROR, KeyboardInterrupt, BrokenPipeError):
-            raise
-        except StylizeError as error:
-            if _console.debug_enabled():
-                raise
-            _console.error(str(error))
-            raise typer.Exit(1) from None
-        except Exception as error:
-            if _console.debug_enabled():
-                raise
-            from stylize.engine.memory import out_of_memory_detail
-
-            detail = out_of_memory_detail(error)
-            if detail is not None:
-                # MemoryError's message is often empty, an allocator's is a C++ assertion.
-                _console.error(
-                    f"out of memory: {detail}; use a smaller size or close other programs "
-                    "(for details, run again as 'stylize --debug COMMAND ...')"
-                )
-            else:
-                _console.error(
-                    f"unexpected {type(error).__name__}: {error} "
-                    "(for details, run again as 'stylize --debug COMMAND ...')"
-                )
-            raise typer.Exit(1) from None
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        # Before any parsing: --help may be among the arguments.
-        _options.plain_flags(self, ctx)
-        if not ctx.resilient_parsing:  # shell completion parses half-typed lines
-            _options.refuse_flag_values(self, ctx, args)
-        return super().parse_args(ctx, args)
-
-
-app = typer.Typer(
-    cls=_ReportingGroup,
-    name="stylize",
-    help="Neural style transfer: optimize an image, apply a fast style model, or train one.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"stylize {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks for errors.")
-    ] = False,
-) -> None:
-    _console.set_debug(debug)
-
-
-def _register() -> None:
+def build_parser() -> Parser:
+    """The whole command line: `stylize [--version] [--debug] COMMAND ...`."""
     from stylize.cli import apply, models, optimize, sheet, train
 
-    app.command("optimize", help="Stylize one image by optimizing its pixels (Gatys et al.).")(
-        optimize.optimize
+    parser = Parser(prog="stylize", description=_DESCRIPTION)
+    parser.add_argument(
+        "--version", action="version", version=f"stylize {__version__}",
+        help="Print the version and exit.",
     )
-    app.command("train", help="Train a fast style model from an artwork and a photo folder.")(
-        train.train
+    parser.add_argument("--debug", action="store_true", help="Show full tracebacks for errors.")
+    parser.add_argument(
+        "--show-completion",
+        choices=_SHELLS,
+        metavar="SHELL",
+        help=f"Print the code that completes stylize's commands and options in SHELL "
+        f"({', '.join(_SHELLS)}), for the shell's start-up file (see docs/cli.md).",
     )
-    app.command("apply", help="Stylize images in one pass: a style network or any picture.")(
-        apply.apply
-    )
-    app.command("sheet", help="Show one photo in many styles on one labelled contact sheet.")(
-        sheet.sheet
-    )
-    app.add_typer(models.app, name="models", help="List, download, import and remove models.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+    for module in (optimize, train, apply, sheet, models):
+        module.add_parser(commands)
+    return parser
 
 
-_register()
-
-
-def main() -> None:
-    """Console entry point."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: parses `argv` (the process's arguments by default), runs the
+    command, and exits: 0 when it worked, 1 for an error (one line on stderr; a traceback with
+    --debug), 2 for a usage error, 130 when interrupted."""
     from stylize.atomic import install_sigterm_handler
 
     install_sigterm_handler()  # SIGTERM ends stylize like Ctrl-C does: no temporaries left
-    app()
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    _complete(parser)
+    if not args:
+        parser.print_help()
+        return
+    try:
+        options = vars(parser.parse_args(args))
+    except UsageError as error:
+        _console.error(str(error))
+        raise SystemExit(USAGE_EXIT_CODE) from None
+    _console.set_debug(options.pop("debug"))
+    shell = options.pop("show_completion")
+    if shell is not None:
+        import argcomplete
+
+        _console.result(argcomplete.shellcode(["stylize"], shell=shell))
+        return
+    options.pop("command", None)
+    if options.get("run") is None:  # no command: `stylize --debug`
+        parser.print_help()
+        return
+    _run(options.pop("run"), options)
+
+
+def _run(run: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Runs a command; expected failures become one line on stderr and exit code 1."""
+    try:
+        run(**options)
+    except (KeyboardInterrupt, BrokenPipeError, SystemExit):
+        raise
+    except UsageError as error:
+        _console.error(str(error))
+        raise SystemExit(USAGE_EXIT_CODE) from None
+    except StylizeError as error:
+        if _console.debug_enabled():
+            raise
+        _console.error(str(error))
+        raise SystemExit(1) from None
+    except Exception as error:
+        if _console.debug_enabled():
+            raise
+        from stylize.engine.memory import out_of_memory_detail
+
+        detail = out_of_memory_detail(error)
+        if detail is not None:
+            # MemoryError's message is often empty, an allocator's is a C++ assertion.
+            _console.error(
+                f"out of memory: {detail}; use a smaller size or close other programs "
+                "(for details, run again as 'stylize --debug COMMAND ...')"
+            )
+        else:
+            _console.error(
+                f"unexpected {type(error).__name__}: {error} "
+                "(for details, run again as 'stylize --debug COMMAND ...')"
+            )
+        raise SystemExit(1) from None
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Answers the shell's completion request (argcomplete's protocol: the code printed by
+    --show-completion runs stylize with _ARGCOMPLETE set) and exits; does nothing otherwise."""
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)

@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
-import typer
-
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -122,7 +120,8 @@ def result(text: str) -> None:
     if bars is not None and bars.live.is_started and console().is_terminal and shares_terminal():
         console().print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
     else:
-        typer.echo(text)
+        sys.stdout.write(f"{text}\n")
+        sys.stdout.flush()
 
 
 def shares_terminal() -> bool:

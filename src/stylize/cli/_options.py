@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import math
-import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
 
-import typer
-
+from stylize.cli._parser import UsageError, choice
 from stylize.engine.settings import SettingError, check_style_blend
 from stylize.errors import StylizeError
 
@@ -29,74 +27,92 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
 
 
 def device_name(value: str) -> str:
-    """Typer callback for --device: a usage error for what names no device at all (`gpu`),
-    before anything is loaded. Whether this machine has the device is a runtime error."""
+    """`type=` of --device: a usage error for what names no device at all (`gpu`), before
+    anything is loaded. Whether this machine has the device is a runtime error."""
     if not _DEVICE.fullmatch(value.strip().lower()):
-        raise typer.BadParameter(
+        raise argparse.ArgumentTypeError(
             f"unknown device '{value}': choose auto, cpu, cuda, cuda:N (N a GPU's number) or mps"
         )
     return value
 
 
-QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Do not show progress bars or messages.")
-]
-DeviceOption = Annotated[
-    str,
-    typer.Option("--device", callback=device_name, help="auto, cpu, cuda, cuda:N or mps."),
-]
-StyleBlendOption = Annotated[
-    str | None,
-    typer.Option(
+device_name.values = ["auto", "cpu", "cuda", "mps"]  # type: ignore[attr-defined]
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="Do not show progress bars or messages."
+    )
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps."
+    )
+
+
+def add_style_blend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--style-blend",
+        metavar="WEIGHTS",
         help="Weights of several styles, e.g. 0.7,0.3 (normalized; equal by default).",
-        show_default=False,
-    ),
-]
-PrecisionOption = Annotated[
-    Precision,
-    typer.Option(
-        "--precision",
-        help="Arithmetic of the network passes: auto uses bf16/fp16 where the hardware runs "
-        "it fast, else fp32.",
-    ),
-]
-# apply and sheet: on the CPU auto is fp32, whichever engine runs (see docs/apply.md).
-StylizePrecisionOption = Annotated[
-    Precision,
-    typer.Option(
-        "--precision",
-        help="Arithmetic of the network: auto is fp32 on the CPU (ONNX Runtime, without "
-        "PyTorch) and bf16/fp16 on GPUs that run it fast.",
-    ),
-]
+    )
 
 
-def valid_model_name(name: str | None) -> str | None:
-    """Typer callback: a store name, or a usage error saying what names may look like."""
-    from stylize.store.registry import validate_name
+def add_precision(parser: argparse.ArgumentParser, *, stylizing: bool = False) -> None:
+    """--precision; `stylizing` for apply and sheet, where auto is fp32 on the CPU whichever
+    engine runs (see docs/apply.md)."""
+    if stylizing:
+        text = (
+            "Arithmetic of the network: auto is fp32 on the CPU (ONNX Runtime, without "
+            "PyTorch) and bf16/fp16 on GPUs that run it fast."
+        )
+    else:
+        text = (
+            "Arithmetic of the network passes: auto uses bf16/fp16 where the hardware runs "
+            "it fast, else fp32."
+        )
+    parser.add_argument("--precision", type=choice(Precision), default=Precision.auto, help=text)
 
-    if name is None:
-        return None
+
+def add_json(parser: argparse.ArgumentParser, text: str = "Print JSON for scripts.") -> None:
+    parser.add_argument("--json", dest="as_json", action="store_true", help=text)
+
+
+def model_name(name: str) -> str:
+    """`type=` of a model's name in the store: a usage error saying what names may look like."""
+    from stylize.store.paths import validate_name
+
     try:
         return validate_name(name)
     except StylizeError as error:
-        raise typer.BadParameter(str(error)) from None
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def positive_number(value: float | None) -> float | None:
-    """Typer callback: a finite number above 0 (None when the option is not given)."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a positive number, got {value}")
+def positive_number(text: str) -> float:
+    """`type=` of a finite number above 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+def not_stdout(path: str) -> Path:
+    """`type=` of an output path: "-" would be a file named "-", not standard output."""
+    if path == "-":
+        raise argparse.ArgumentTypeError(
+            "writing images to standard output is not supported; give a path"
+        )
+    return Path(path)
 
 
-def not_stdout(path: str | Path | None) -> str | Path | None:
-    """Typer callback for an output path: "-" would be a file named "-", not standard output."""
-    if path is not None and str(path) == "-":
-        raise typer.BadParameter("writing images to standard output is not supported; give a path")
+def existing_file(text: str) -> Path:
+    """`type=` of an input that must be a file (not a folder)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"'{text}' does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
     return path
 
 
@@ -107,7 +123,7 @@ def settings_usage_errors() -> Iterator[None]:
     try:
         yield
     except SettingError as error:
-        raise typer.BadParameter(error.problem, param_hint=f"'{error.option}'") from None
+        raise UsageError(error.problem, f"'{error.option}'") from None
 
 
 def parse_layers(text: str) -> tuple[str, ...]:
@@ -122,8 +138,8 @@ def parse_weights(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(
-            f"'{text}' is not a comma-separated list of numbers", param_hint="'--style-blend'"
+        raise UsageError(
+            f"'{text}' is not a comma-separated list of numbers", "'--style-blend'"
         ) from None
 
 
@@ -135,60 +151,3 @@ def parse_blend(text: str | None, style_count: int) -> tuple[float, ...] | None:
         with settings_usage_errors():
             check_style_blend(weights, style_count)
     return weights
-
-
-# A flag followed by one of these was almost certainly meant to be set with it (`--quiet true`).
-_FLAG_VALUES = ("true", "false")
-
-
-def plain_flags(command: Any, ctx: typer.Context) -> None:
-    """Shows the flags of `command` and of its subcommands (--help too) without a value in
-    `--help`. Typer's rich help (0.2x) prints the type of every option, flags included, as if
-    they took a value (`--quiet -q <bool>`), where its plain help leaves flags out; an explicit
-    metavar is what it prints instead, and an empty one is nothing. Click ignores a flag's
-    metavar everywhere else."""
-    for param in command.get_params(ctx):
-        if param.param_type_name == "option" and param.is_flag and param.metavar is None:
-            param.metavar = ""
-    for sub in _subcommands(command, ctx):
-        plain_flags(sub, ctx)
-
-
-def refuse_flag_values(command: Any, ctx: typer.Context, args: Sequence[str]) -> None:
-    """A usage error for a flag followed by `true` or `false` (`--preserve-color true`), which
-    would be read as an input named 'true', unless a file of that name exists. `args` are the
-    command line after `command`'s name; subcommands are followed."""
-    options = [param for param in command.get_params(ctx) if param.param_type_name == "option"]
-    flags = {name for param in options if param.is_flag for name in param.opts}
-    flags |= {name for param in options if param.is_flag for name in param.secondary_opts}
-    valued = {name: param.nargs for param in options if not param.is_flag for name in param.opts}
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--":
-            return
-        if arg in flags and index + 1 < len(args):
-            value = args[index + 1]
-            if value.lower() in _FLAG_VALUES and not os.path.exists(value):
-                raise typer.BadParameter(
-                    f"it is a flag, which takes no value; leave out '{value}'",
-                    param_hint=f"'{arg}'",
-                )
-        elif arg in valued:
-            index += valued[arg]
-        elif not arg.startswith("-") and _subcommand(command, ctx, arg) is not None:
-            refuse_flag_values(_subcommand(command, ctx, arg), ctx, args[index + 1 :])
-            return
-        index += 1
-
-
-def _subcommands(command: Any, ctx: typer.Context) -> list[Any]:
-    if not hasattr(command, "list_commands"):
-        return []
-    found = (_subcommand(command, ctx, name) for name in command.list_commands(ctx))
-    return [sub for sub in found if sub is not None]
-
-
-def _subcommand(command: Any, ctx: typer.Context, name: str) -> Any:
-    """The subcommand `name` of a group (None for a command, or no such subcommand)."""
-    return command.get_command(ctx, name) if hasattr(command, "get_command") else None

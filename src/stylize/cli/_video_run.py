@@ -88,19 +88,18 @@ def looks_like_video(data: bytes) -> bool:
 
 
 def check_crf(job: Job, crf: int | None) -> None:
-    """A usage error (typer.BadParameter) for a --crf outside the range of the encoder of the
+    """A usage error for a --crf outside the range of the encoder of the
     clip's output."""
-    import typer
-
+    from stylize.cli._parser import UsageError
     from stylize.engine.video import CRF_RANGE, video_codec_for
 
     codec = video_codec_for(job.target)
     if crf is not None and codec in CRF_RANGE:
         low, high = CRF_RANGE[codec]
         if not low <= crf <= high:
-            raise typer.BadParameter(
+            raise UsageError(
                 f"{crf} is outside {low} to {high}, the range of {codec} ({job.target.name})",
-                param_hint="'--crf'",
+                "'--crf'",
             )
 
 

@@ -8,21 +8,21 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from stylize.cli import _console
 from stylize.cli._apply_run import Job as _Job
 from stylize.cli._options import (
-    DeviceOption,
     Precision,
-    QuietOption,
-    StyleBlendOption,
-    StylizePrecisionOption,
+    add_device,
+    add_json,
+    add_precision,
+    add_quiet,
+    add_style_blend,
     parse_blend,
     positive_number,
 )
+from stylize.cli._parser import Range, UsageError, choice
 from stylize.engine.settings import DEFAULT_STYLE_SIZE, MAX_STYLE_SIZE, MIN_STYLE_SIZE
 from stylize.errors import StylizeError
 
@@ -47,12 +47,6 @@ _CRF_HELP = (
 )
 
 
-def _temporal_weight(value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise typer.BadParameter(f"{value:g} is not in the range 0 <= x < 1")
-    return value
-
-
 class ImageFormat(str, Enum):
     png = "png"
     jpg = "jpg"
@@ -60,139 +54,161 @@ class ImageFormat(str, Enum):
     tiff = "tiff"
 
 
-def apply(
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="INPUT...",
-            help="Image files, videos (mp4, mov, mkv, webm, avi, animated GIF) and/or folders "
-            "of them; - reads one image from standard input.",
-            show_default=False,
-        ),
-    ],
-    style: Annotated[
-        list[str],
-        typer.Option(
-            "--style",
-            "-s",
-            help="A style: a model name (installed or in the catalog, downloaded on first use), "
-            "a named style like starry, NETWORK:N (multistyle26:0 to :25), an image file (any "
-            "picture as the style), or a model file (.safetensors, .pth, .onnx). Repeat "
-            "to blend styles of one network, or several images.",
-            show_default=False,
-        ),
-    ],
-    style_blend: StyleBlendOption = None,
-    style_size: Annotated[
-        int,
-        typer.Option(
-            min=MIN_STYLE_SIZE,
-            max=MAX_STYLE_SIZE,
-            help="Style images are read as a centred square of this many pixels a side: "
-            "smaller gives larger patterns.",
-        ),
-    ] = DEFAULT_STYLE_SIZE,
-    output: Annotated[
-        # A string, not a Path: a Path drops the trailing separator that marks `out.png/` as
-        # a folder.
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Output file (one input) or folder; - writes the image to standard output. "
-            "Default: STEM.STYLE.EXT beside each input (standard output for standard input).",
-            show_default=False,
-        ),
-    ] = None,
-    image_format: Annotated[
-        ImageFormat | None,
-        typer.Option(
-            "--format",
-            help="Format of the image results that -o does not name: png for standard output, "
-            "the input's own format otherwise (videos keep their container).",
-            show_default=False,
-        ),
-    ] = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Also take images and videos in subfolders.")
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing outputs (never an input).")
-    ] = False,
-    skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Leave existing outputs alone, skip them.")
-    ] = False,
-    max_size: Annotated[
-        int | None,
-        typer.Option(
-            min=16,
-            help="Shrink images whose long edge exceeds this many pixels (never below 16 "
-            "pixels on the short edge, the least the model takes).",
-            show_default=False,
-        ),
-    ] = None,
-    scale: Annotated[
-        float,
-        typer.Option(
-            callback=positive_number,
-            help="Run the model at this size factor: below 1, larger brush strokes; above 1, "
-            "finer ones. The output keeps its size.",
-        ),
-    ] = 1.0,
-    strength: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="1 is fully stylized, 0 the original image (with a style image: 0 is the "
-            "photo painted in its own style).",
-        ),
-    ] = 1.0,
-    preserve_color: Annotated[
-        bool, typer.Option("--preserve-color", help="Keep the original image's colors.")
-    ] = False,
-    device: DeviceOption = "auto",
-    precision: StylizePrecisionOption = Precision.auto,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Images of the same size to stylize at once (GPU).")
-    ] = 1,
-    tile_size: Annotated[
-        int | None,
-        typer.Option(
-            min=64,
-            help="Stylize large images in tiles of this many pixels a side, to save memory "
-            "(the result is the same). Default: as large as memory allows.",
-            show_default=False,
-        ),
-    ] = None,
-    temporal_weight: Annotated[
-        float,
-        typer.Option(
-            callback=_temporal_weight,
-            help="Videos: how much of the previous stylized frame, carried along the motion, "
-            "each frame keeps (0 to below 1): steadier texture, a little softer; 0 is plain "
-            "frame by frame.",
-        ),
-    ] = _TEMPORAL_WEIGHT,
-    crf: Annotated[int | None, typer.Option(help=_CRF_HELP, show_default=False)] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print one JSON list for scripts at the end, an object per input (input, "
-            "output, kind, status: written, failed or skipped, error), instead of the paths.",
-        ),
-    ] = False,
-    quiet: QuietOption = False,
-) -> None:
-    """Stylize images and videos in one pass with a style network or any picture as the
-    style, writing one file per input.
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "apply",
+        help="Stylize images in one pass: a style network or any picture.",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="Image files, videos (mp4, mov, mkv, webm, avi, animated GIF) and/or folders "
+        "of them; - reads one image from standard input.",
+    )
+    parser.add_argument(
+        "--style",
+        "-s",
+        action="append",
+        required=True,
+        metavar="STYLE",
+        help="A style: a model name (installed or in the catalog, downloaded on first use), "
+        "a named style like starry, NETWORK:N (multistyle26:0 to :25), an image file (any "
+        "picture as the style), or a model file (.safetensors, .pth, .onnx). Repeat "
+        "to blend styles of one network, or several images.",
+    )
+    add_style_blend(parser)
+    parser.add_argument(
+        "--style-size",
+        type=Range(int, MIN_STYLE_SIZE, MAX_STYLE_SIZE),
+        default=DEFAULT_STYLE_SIZE,
+        metavar="N",
+        help="Style images are read as a centred square of this many pixels a side: "
+        "smaller gives larger patterns.",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        # A string, not a Path: a Path drops the trailing separator that marks `out.png/` as a
+        # folder.
+        metavar="PATH",
+        help="Output file (one input) or folder; - writes the image to standard output. "
+        "Default: STEM.STYLE.EXT beside each input (standard output for standard input).",
+    )
+    parser.add_argument(
+        "--format",
+        dest="image_format",
+        type=choice(ImageFormat),
+        help="Format of the image results that -o does not name: png for standard output, "
+        "the input's own format otherwise (videos keep their container).",
+    )
+    parser.add_argument(
+        "--recursive",
+        "-r",
+        action="store_true",
+        help="Also take images and videos in subfolders.",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace existing outputs (never an input)."
+    )
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="Leave existing outputs alone, skip them."
+    )
+    parser.add_argument(
+        "--max-size",
+        type=Range(int, 16),
+        metavar="N",
+        help="Shrink images whose long edge exceeds this many pixels (never below 16 pixels on "
+        "the short edge, the least the model takes).",
+    )
+    parser.add_argument(
+        "--scale",
+        type=positive_number,
+        default=1.0,
+        metavar="X",
+        help="Run the model at this size factor: below 1, larger brush strokes; above 1, finer "
+        "ones. The output keeps its size.",
+    )
+    parser.add_argument(
+        "--strength",
+        type=Range(float, 0.0, 1.0),
+        default=1.0,
+        metavar="X",
+        help="1 is fully stylized, 0 the original image (with a style image: 0 is the photo "
+        "painted in its own style).",
+    )
+    parser.add_argument(
+        "--preserve-color", action="store_true", help="Keep the original image's colors."
+    )
+    add_device(parser)
+    add_precision(parser, stylizing=True)
+    parser.add_argument(
+        "--batch-size",
+        type=Range(int, 1),
+        default=1,
+        metavar="N",
+        help="Images of the same size to stylize at once (GPU).",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=Range(int, 64),
+        metavar="N",
+        help="Stylize large images in tiles of this many pixels a side, to save memory (the "
+        "result is the same). Default: as large as memory allows.",
+    )
+    parser.add_argument(
+        "--temporal-weight",
+        type=Range(float, 0.0, below=1.0),
+        default=_TEMPORAL_WEIGHT,
+        metavar="X",
+        help="Videos: how much of the previous stylized frame, carried along the motion, each "
+        "frame keeps (0 to below 1): steadier texture, a little softer; 0 is plain frame by "
+        "frame.",
+    )
+    parser.add_argument("--crf", type=int, metavar="N", help=_CRF_HELP)
+    add_json(
+        parser,
+        "Print one JSON list for scripts at the end, an object per input (input, output, kind, "
+        "status: written, failed or skipped, error), instead of the paths.",
+    )
+    add_quiet(parser)
+    parser.set_defaults(run=apply)
 
-    Prints the path of every file it writes. An input that cannot be read is reported and
-    skipped; the exit code is then 1.
-    """
+
+_DESCRIPTION = """Stylize images and videos in one pass with a style network or any picture as
+the style, writing one file per input. Prints the path of every file it writes. An input that
+cannot be read is reported and skipped; the exit code is then 1."""
+
+
+def apply(
+    *,
+    inputs: list[Path],
+    style: list[str],
+    style_blend: str | None = None,
+    style_size: int = DEFAULT_STYLE_SIZE,
+    output: str | None = None,
+    image_format: ImageFormat | None = None,
+    recursive: bool = False,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    max_size: int | None = None,
+    scale: float = 1.0,
+    strength: float = 1.0,
+    preserve_color: bool = False,
+    device: str = "auto",
+    precision: Precision = Precision.auto,
+    batch_size: int = 1,
+    tile_size: int | None = None,
+    temporal_weight: float = _TEMPORAL_WEIGHT,
+    crf: int | None = None,
+    as_json: bool = False,
+    quiet: bool = False,
+) -> None:
+    """Runs `stylize apply` (see _DESCRIPTION) with the parsed options."""
     if overwrite and skip_existing:
-        raise typer.BadParameter("use either --overwrite or --skip-existing, not both")
+        raise UsageError("use either --overwrite or --skip-existing, not both")
     from stylize.store.styles import blend_label, parse_style
 
     refs = [parse_style(text) for text in style]
@@ -204,8 +220,8 @@ def apply(
     if piped:
         jobs = _piped_jobs(inputs, target, blend_label(refs), suffix)
         if as_json and any(job.target == _PIPE for job in jobs):
-            raise typer.BadParameter(
-                "standard output carries the image: --json needs -o FILE", param_hint="'--json'"
+            raise UsageError(
+                "standard output carries the image: --json needs -o FILE", "'--json'"
             )
     else:
         planned = _plan(inputs, target, recursive, blend_label(refs), suffix)
@@ -255,7 +271,7 @@ def apply(
             runner.run(jobs, on_progress)
     except KeyboardInterrupt:
         _console.warn(runner.interrupted_message())
-        raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     finally:
         _remove_empty_folders(created)
     if as_json:
@@ -264,7 +280,7 @@ def apply(
         if piped or (len(jobs) == 1 and jobs[0].clip):
             # A piped run has one image (a clip run, one clip), and its error is reported
             # already: one line.
-            raise typer.Exit(code=1)
+            raise SystemExit(1)
         raise StylizeError(f"{runner.failed} of {len(jobs)} {_noun(jobs)} failed")
 
 
@@ -305,33 +321,33 @@ def _piped_jobs(
     one_image = "standard output takes one image: give one image file as the input"
     if len(inputs) > 1:
         if _PIPE in inputs:
-            raise typer.BadParameter("- (standard input) must be the only input")
-        raise typer.BadParameter(one_image, param_hint="'--output'")
+            raise UsageError("- (standard input) must be the only input")
+        raise UsageError(one_image, "'--output'")
     source = inputs[0]
     if source != _PIPE and not source.is_file():
-        raise typer.BadParameter(one_image, param_hint="'--output'")
+        raise UsageError(one_image, "'--output'")
     if source == _PIPE and sys.stdin.isatty():
-        raise typer.BadParameter(
+        raise UsageError(
             "- reads an image from standard input, which is the terminal here: pipe one in "
             "(< photo.jpg)"
         )
     from stylize.cli._video_run import is_clip
 
     if source != _PIPE and is_clip(source):
-        raise typer.BadParameter(
+        raise UsageError(
             "a video cannot be written to standard output: give -o FILE, or leave -o out",
-            param_hint="'--output'",
+            "'--output'",
         )
     if target is not None and target.path != _PIPE and _is_video_name(target.path):
-        raise typer.BadParameter(
+        raise UsageError(
             "a video cannot be read from standard input: give the video file as the input"
         )
     if target is None or target.path == _PIPE:
         if sys.stdout.isatty():
-            raise typer.BadParameter(
+            raise UsageError(
                 "refusing to write an image to the terminal: redirect standard output "
                 "(> out.png) or give a file",
-                param_hint="'--output'",
+                "'--output'",
             )
         return [_Job(source, _PIPE)]
     if not target.names_a_file:
@@ -413,9 +429,9 @@ def _plan(
     if destination is not None and destination.names_a_file:
         if len(sources) == 1 and inputs[0].is_file():
             return [_Job(inputs[0], output, is_clip(inputs[0]))]
-        raise typer.BadParameter(
+        raise UsageError(
             f"{output} looks like a file, but there are several inputs: give a folder",
-            param_hint="'--output'",
+            "'--output'",
         )
     jobs = []
     for file, root in sources.values():
@@ -489,9 +505,9 @@ def _check_targets(
     for job in jobs:
         target = job.target.resolve()
         if target in sources:
-            raise typer.BadParameter(
+            raise UsageError(
                 f"refusing to overwrite the input {job.source} with a result",
-                param_hint="'--output'",
+                "'--output'",
             )
         if target in seen:
             raise StylizeError(

@@ -7,24 +7,80 @@ import re
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from stylize.cli import _console
-from stylize.cli._options import JsonOption, QuietOption, valid_model_name
+from stylize.cli._options import add_json, add_quiet, existing_file, model_name
+from stylize.cli._parser import UsageError
 
-app = typer.Typer(no_args_is_help=True)
-
-
-NameArgument = Annotated[
-    str, typer.Argument(metavar="NAME", callback=valid_model_name, help="The model's name.")
-]
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=\s]*)")
 
 
-@app.command("list")
-def list_models(as_json: JsonOption = False) -> None:
+def add_parser(commands: Any) -> None:
+    """`stylize models COMMAND`; `stylize models` alone prints its help."""
+    text = "List, download, import and remove models."
+    group = commands.add_parser("models", help=text, description=text)
+    group.set_defaults(run=group.print_help)
+    # No dest: the chosen subcommand is known by the `run` it sets.
+    subcommands = group.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, run: Any, line: str) -> Any:
+        parser = subcommands.add_parser(name, help=line, description=line)
+        parser.set_defaults(run=run)
+        return parser
+
+    parser = add("list", list_models, "List catalog entries and installed models.")
+    add_json(parser)
+
+    parser = add("pull", pull, "Download and install catalog entries (see 'stylize models list').")
+    parser.add_argument("names", nargs="+", metavar="NAME", help="Catalog entries.")
+    add_quiet(parser)
+
+    parser = add(
+        "import",
+        import_model,
+        "Register a local model file in the store; its kind is detected from its contents.",
+    )
+    parser.add_argument(
+        "path",
+        type=existing_file,
+        metavar="PATH",
+        help="A torchvision VGG19 state dict, or a style model (native, .pth or ONNX).",
+    )
+    parser.add_argument(
+        "--name",
+        type=model_name,
+        metavar="NAME",
+        help="Store name (default: vgg19, or the file name).",
+    )
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="Accept a VGG19 whose checksum differs from the published.",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace an installed model of that name."
+    )
+
+    parser = add(
+        "info", info, "Show everything known about a model: file, checksum, license, metadata."
+    )
+    _add_name(parser)
+    add_json(parser)
+
+    parser = add(
+        "remove", remove, "Delete an installed model (catalog entries can be pulled again)."
+    )
+    _add_name(parser)
+
+    add("path", path, "Print the store folder.")
+
+
+def _add_name(parser: Any) -> None:
+    parser.add_argument("name", type=model_name, metavar="NAME", help="The model's name.")
+
+
+def list_models(as_json: bool = False) -> None:
     """List catalog entries and installed models."""
     from rich import box
     from rich.console import Console
@@ -78,11 +134,7 @@ def list_models(as_json: JsonOption = False) -> None:
             _console.warn(row.problem)
 
 
-@app.command("pull")
-def pull(
-    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Catalog entries.")],
-    quiet: QuietOption = False,
-) -> None:
+def pull(names: list[str], quiet: bool = False) -> None:
     """Download and install catalog entries (see 'stylize models list')."""
     from stylize.errors import StylizeError
     from stylize.store import catalog
@@ -90,9 +142,8 @@ def pull(
     entries = catalog.load_catalog()
     unknown = [name for name in names if name not in entries]
     if unknown:
-        raise typer.BadParameter(
-            f"not in the catalog: {', '.join(unknown)} (available: {', '.join(entries)})",
-            param_hint="NAME",
+        raise UsageError(
+            f"not in the catalog: {', '.join(unknown)} (available: {', '.join(entries)})", "'NAME'"
         )
     names = list(dict.fromkeys(names))
     failed = []
@@ -166,31 +217,8 @@ class _PhasedProgress:
             context.__exit__(None, None, None)
 
 
-@app.command("import")
 def import_model(
-    path: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="A torchvision VGG19 state dict, or a style model (native, .pth or ONNX).",
-        ),
-    ],
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            callback=valid_model_name,
-            help="Store name (default: vgg19, or the file name).",
-        ),
-    ] = None,
-    trust: Annotated[
-        bool,
-        typer.Option("--trust", help="Accept a VGG19 whose checksum differs from the published."),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an installed model of that name.")
-    ] = False,
+    path: Path, name: str | None = None, trust: bool = False, overwrite: bool = False
 ) -> None:
     """Register a local model file in the store; its kind is detected from its contents."""
     from rich.markup import escape
@@ -210,8 +238,7 @@ def import_model(
     _console.result(str(installed))
 
 
-@app.command("info")
-def info(name: NameArgument, as_json: JsonOption = False) -> None:
+def info(name: str, as_json: bool = False) -> None:
     """Show everything known about a model: file, checksum, license, metadata."""
     from stylize.store.registry import describe_model
 
@@ -228,8 +255,7 @@ def info(name: NameArgument, as_json: JsonOption = False) -> None:
             _console.result(f"{key}: {_plain(value)}")
 
 
-@app.command("remove")
-def remove(name: NameArgument) -> None:
+def remove(name: str) -> None:
     """Delete an installed model (catalog entries can be pulled again)."""
     from stylize.store.registry import remove_model
 
@@ -237,7 +263,6 @@ def remove(name: NameArgument) -> None:
     _console.info(f"Removed {name}")
 
 
-@app.command("path")
 def path() -> None:
     """Print the store folder."""
     from stylize.store.paths import data_dir

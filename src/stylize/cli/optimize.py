@@ -11,22 +11,21 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
-
-import typer
+from typing import TYPE_CHECKING, Any, TextIO
 
 from stylize.cli import _console
 from stylize.cli._options import (
-    DeviceOption,
     Precision,
-    PrecisionOption,
-    QuietOption,
-    StyleBlendOption,
+    add_device,
+    add_precision,
+    add_quiet,
+    add_style_blend,
     not_stdout,
     parse_layers,
     parse_weights,
     settings_usage_errors,
 )
+from stylize.cli._parser import Range, UsageError, choice
 from stylize.engine.settings import OPTIMIZERS, POOLINGS, GatysSettings
 from stylize.errors import StylizeError
 
@@ -41,101 +40,181 @@ _INIT_KEYWORDS = ("content", "noise", "style")
 # Defaults and checks are GatysSettings': the options take their defaults from it, and its
 # validate() reports a value out of range as a usage error of the option.
 _DEFAULTS = GatysSettings()
-# The choices of --optimizer and --pooling, as Typer takes them.
+# The choices of --optimizer and --pooling.
 Optimizer = Enum("Optimizer", [(name, name) for name in OPTIMIZERS], type=str)  # type: ignore[misc]
 Pooling = Enum("Pooling", [(name, name) for name in POOLINGS], type=str)  # type: ignore[misc]
+_DESCRIPTION = "Optimize an image so it keeps CONTENT's subject in the style of STYLE."
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "optimize",
+        help="Stylize one image by optimizing its pixels (Gatys et al.).",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument("content", type=Path, metavar="CONTENT", help="The photo to stylize.")
+    parser.add_argument(
+        "styles",
+        nargs="+",
+        type=Path,
+        metavar="STYLE",
+        help="One or more style images (artworks).",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=not_stdout,
+        required=True,
+        metavar="PATH",
+        help="Where to write the result (.png, .jpg, .webp, .tif).",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=_DEFAULTS.size,
+        metavar="N",
+        help="Long edge of the output in pixels.",
+    )
+    parser.add_argument(
+        "--style-scale",
+        type=float,
+        default=_DEFAULTS.style_scale,
+        metavar="X",
+        help="Size of the style images relative to the output.",
+    )
+    add_style_blend(parser)
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=_DEFAULTS.iterations,
+        metavar="N",
+        help="Iterations in total, over all scales.",
+    )
+    parser.add_argument(
+        "--optimizer",
+        type=choice(Optimizer),
+        default=Optimizer(_DEFAULTS.optimizer),
+        help="L-BFGS or Adam.",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        metavar="X",
+        help=f"Adam's step size in pixel values (0-1); {_DEFAULTS.lr} if not given.",
+    )
+    parser.add_argument(
+        "--content-weight",
+        type=float,
+        default=_DEFAULTS.content_weight,
+        metavar="X",
+        help="Weight of the content loss.",
+    )
+    parser.add_argument(
+        "--style-weight",
+        type=float,
+        default=_DEFAULTS.style_weight,
+        metavar="X",
+        help="Weight of the style loss.",
+    )
+    parser.add_argument(
+        "--tv-weight",
+        type=float,
+        default=_DEFAULTS.tv_weight,
+        metavar="X",
+        help="Weight of the smoothness (total variation) loss.",
+    )
+    parser.add_argument(
+        "--content-layers",
+        default=",".join(_DEFAULTS.content_layers),
+        metavar="LAYERS",
+        help="VGG19 layers that carry the content, comma-separated.",
+    )
+    parser.add_argument(
+        "--style-layers",
+        default=",".join(_DEFAULTS.style_layers),
+        metavar="LAYERS",
+        help="VGG19 layers that carry the style, comma-separated.",
+    )
+    parser.add_argument(
+        "--pooling",
+        type=choice(Pooling),
+        default=Pooling(_DEFAULTS.pooling),
+        help="VGG19 pooling: max or avg.",
+    )
+    parser.add_argument(
+        "--init",
+        default=_DEFAULTS.init,
+        metavar="FROM",
+        help="Start from: content, noise, style, or an image file.",
+    )
+    parser.add_argument(
+        "--scales",
+        type=int,
+        default=_DEFAULTS.scales,
+        metavar="N",
+        help="Coarse-to-fine scales, each twice the size of the one before "
+        "(default: enough to start near 256 px).",
+    )
+    parser.add_argument(
+        "--preserve-color", action="store_true", help="Keep the content photo's colors."
+    )
+    parser.add_argument(
+        "--save-every",
+        type=Range(int, 1),
+        metavar="N",
+        help="Also write the image every N iterations, as OUT-STEM.NNNN.SUFFIX.",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        metavar="PATH",
+        help="Write the losses of every iteration to this file, as JSON lines.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=_DEFAULTS.seed,
+        metavar="N",
+        help="Random seed (for --init noise).",
+    )
+    add_device(parser)
+    add_precision(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace OUT and other outputs if they exist.",
+    )
+    add_quiet(parser)
+    parser.set_defaults(run=optimize)
 
 
 def optimize(
-    content: Annotated[
-        Path, typer.Argument(metavar="CONTENT", help="The photo to stylize.", show_default=False)
-    ],
-    styles: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="STYLE", help="One or more style images (artworks).", show_default=False
-        ),
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output",
-            "-o",
-            callback=not_stdout,
-            help="Where to write the result (.png, .jpg, .webp, .tif).",
-        ),
-    ],
-    size: Annotated[int, typer.Option(help="Long edge of the output in pixels.")] = _DEFAULTS.size,
-    style_scale: Annotated[
-        float, typer.Option(help="Size of the style images relative to the output.")
-    ] = _DEFAULTS.style_scale,
-    style_blend: StyleBlendOption = None,
-    iterations: Annotated[
-        int, typer.Option(help="Iterations in total, over all scales.")
-    ] = _DEFAULTS.iterations,
-    optimizer: Annotated[Optimizer, typer.Option(help="L-BFGS or Adam.")] = Optimizer(
-        _DEFAULTS.optimizer
-    ),
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help=f"Adam's step size in pixel values (0-1); {_DEFAULTS.lr} if not given.",
-            show_default=False,
-        ),
-    ] = None,
-    content_weight: Annotated[
-        float, typer.Option(help="Weight of the content loss.")
-    ] = _DEFAULTS.content_weight,
-    style_weight: Annotated[
-        float, typer.Option(help="Weight of the style loss.")
-    ] = _DEFAULTS.style_weight,
-    tv_weight: Annotated[
-        float, typer.Option(help="Weight of the smoothness (total variation) loss.")
-    ] = _DEFAULTS.tv_weight,
-    content_layers: Annotated[
-        str, typer.Option(help="VGG19 layers that carry the content, comma-separated.")
-    ] = ",".join(_DEFAULTS.content_layers),
-    style_layers: Annotated[
-        str, typer.Option(help="VGG19 layers that carry the style, comma-separated.")
-    ] = ",".join(_DEFAULTS.style_layers),
-    pooling: Annotated[Pooling, typer.Option(help="VGG19 pooling: max or avg.")] = Pooling(
-        _DEFAULTS.pooling
-    ),
-    init: Annotated[
-        str, typer.Option(help="Start from: content, noise, style, or an image file.")
-    ] = _DEFAULTS.init,
-    scales: Annotated[
-        int | None,
-        typer.Option(
-            help="Coarse-to-fine scales, each twice the size of the one before "
-            "(default: enough to start near 256 px).",
-            show_default=False,
-        ),
-    ] = _DEFAULTS.scales,
-    preserve_color: Annotated[
-        bool, typer.Option("--preserve-color", help="Keep the content photo's colors.")
-    ] = _DEFAULTS.preserve_color,
-    save_every: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Also write the image every N iterations, as OUT-STEM.NNNN.SUFFIX.",
-            show_default=False,
-        ),
-    ] = None,
-    trace: Annotated[
-        Path | None,
-        typer.Option(help="Write the losses of every iteration to this file, as JSON lines."),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Random seed (for --init noise).", show_default=False)
-    ] = _DEFAULTS.seed,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace OUT and other outputs if they exist.")
-    ] = False,
-    quiet: QuietOption = False,
+    *,
+    content: Path,
+    styles: list[Path],
+    output: Path,
+    size: int = _DEFAULTS.size,
+    style_scale: float = _DEFAULTS.style_scale,
+    style_blend: str | None = None,
+    iterations: int = _DEFAULTS.iterations,
+    optimizer: Optimizer = Optimizer(_DEFAULTS.optimizer),
+    lr: float | None = None,
+    content_weight: float = _DEFAULTS.content_weight,
+    style_weight: float = _DEFAULTS.style_weight,
+    tv_weight: float = _DEFAULTS.tv_weight,
+    content_layers: str = ",".join(_DEFAULTS.content_layers),
+    style_layers: str = ",".join(_DEFAULTS.style_layers),
+    pooling: Pooling = Pooling(_DEFAULTS.pooling),
+    init: str = _DEFAULTS.init,
+    scales: int | None = _DEFAULTS.scales,
+    preserve_color: bool = _DEFAULTS.preserve_color,
+    save_every: int | None = None,
+    trace: Path | None = None,
+    seed: int | None = _DEFAULTS.seed,
+    device: str = "auto",
+    precision: Precision = Precision.auto,
+    overwrite: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Optimize an image so it keeps CONTENT's subject in the style of STYLE."""
     from stylize.engine import imageio
@@ -143,7 +222,7 @@ def optimize(
     from stylize.engine.runtime import Runtime
 
     if lr is not None and optimizer.value != "adam":
-        raise typer.BadParameter("only --optimizer adam takes a step size", param_hint="'--lr'")
+        raise UsageError("only --optimizer adam takes a step size", "'--lr'")
     settings = GatysSettings(
         size=size,
         style_scale=style_scale,
@@ -218,13 +297,13 @@ def optimize(
             interrupts.done()
         except KeyboardInterrupt:
             _console.warn("interrupted before the optimization started; nothing was saved")
-            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         except _SaveAbandoned:
             _console.warn("interrupted again: the image was not saved")
-            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     _console.result(str(written))
     if interrupts.interrupted:
-        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+        raise SystemExit(INTERRUPTED_EXIT_CODE)
 
 
 def _run(
@@ -354,9 +433,9 @@ def _load_init(path: Path) -> Image.Image:
     from stylize.engine.imageio import load_image
 
     if not path.exists():
-        raise typer.BadParameter(
+        raise UsageError(
             f"'{path}' is neither {', '.join(_INIT_KEYWORDS)} nor an image file",
-            param_hint="'--init'",
+            "'--init'",
         )
     return load_image(path).rgb
 
@@ -379,30 +458,26 @@ def _refuse_collisions(
     read = {path.resolve(): path for path in inputs}
     written = output.resolve()
     if written in read:
-        raise typer.BadParameter(
-            f"{output} is an input; results never replace inputs", param_hint="'--output'"
-        )
+        raise UsageError(f"{output} is an input; results never replace inputs", "'--output'")
     # One folder for all snapshots: resolving each of thousands of paths would be slow.
     folder = output.parent.resolve()
     snapshot_set = {folder / snapshot.name for snapshot in snapshots}
     replaced = sorted(snapshot_set & read.keys())
     if replaced:
-        raise typer.BadParameter(
+        raise UsageError(
             f"the snapshot {replaced[0].name} would replace the input {read[replaced[0]]}; "
             "results never replace inputs",
-            param_hint="'--save-every'",
+            "'--save-every'",
         )
     if trace is None:
         return
     traced = trace.resolve()
     if traced in read:
-        raise typer.BadParameter(
-            f"{trace} is an input; results never replace inputs", param_hint="'--trace'"
-        )
+        raise UsageError(f"{trace} is an input; results never replace inputs", "'--trace'")
     if traced == written:
-        raise typer.BadParameter(f"{trace} is also the output (-o)", param_hint="'--trace'")
+        raise UsageError(f"{trace} is also the output (-o)", "'--trace'")
     if traced in snapshot_set:
-        raise typer.BadParameter(f"{trace} is also a --save-every snapshot", param_hint="'--trace'")
+        raise UsageError(f"{trace} is also a --save-every snapshot", "'--trace'")
 
 
 def _check_snapshot_paths(snapshots: list[Path], overwrite: bool) -> None:

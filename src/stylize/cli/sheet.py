@@ -2,61 +2,81 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import Any
 
 from stylize.cli import _console
-from stylize.cli._options import (
-    DeviceOption,
-    Precision,
-    QuietOption,
-    StylizePrecisionOption,
-    not_stdout,
-)
+from stylize.cli._options import Precision, add_device, add_precision, add_quiet, not_stdout
+from stylize.cli._parser import Range
 from stylize.errors import StylizeError
 
 MULTISTYLE_NETWORK = "multistyle26"
+_DESCRIPTION = """Render one photo in many styles as one labelled image, to choose a style. Prints
+the path of the sheet it writes."""
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "sheet",
+        help="Show one photo in many styles on one labelled contact sheet.",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument("photo", type=_not_a_folder, metavar="PHOTO", help="The photo to stylize.")
+    parser.add_argument(
+        "--style",
+        "-s",
+        dest="styles",
+        action="append",
+        metavar="STYLE",
+        help="A style to show (any --style of 'stylize apply'; repeat for more). Default: "
+        "the 26 styles of multistyle26 and every installed style network.",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=not_stdout,
+        metavar="PATH",
+        help="Where to write the sheet. Default: STEM.sheet.jpg beside the photo.",
+    )
+    parser.add_argument(
+        "--size",
+        type=Range(int, 32, 1024),
+        default=256,
+        metavar="N",
+        help="Long edge of each picture, in pixels.",
+    )
+    parser.add_argument(
+        "--columns",
+        type=Range(int, 1),
+        metavar="N",
+        help="Pictures per row. Default: about as many as rows.",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing sheet.")
+    add_device(parser)
+    add_precision(parser, stylizing=True)
+    add_quiet(parser)
+    parser.set_defaults(run=sheet)
+
+
+def _not_a_folder(text: str) -> Path:
+    """`type=` of the photo: a folder is a usage error; a missing file is reported on loading."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
+    return path
 
 
 def sheet(
-    photo: Annotated[
-        Path, typer.Argument(help="The photo to stylize.", dir_okay=False, show_default=False)
-    ],
-    styles: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--style",
-            "-s",
-            help="A style to show (any --style of 'stylize apply'; repeat for more). Default: "
-            "the 26 styles of multistyle26 and every installed style network.",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            callback=not_stdout,
-            help="Where to write the sheet. Default: STEM.sheet.jpg beside the photo.",
-            show_default=False,
-        ),
-    ] = None,
-    size: Annotated[
-        int, typer.Option(min=32, max=1024, help="Long edge of each picture, in pixels.")
-    ] = 256,
-    columns: Annotated[
-        int | None,
-        typer.Option(min=1, help="Pictures per row. Default: about as many as rows."),
-    ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sheet.")] = (
-        False
-    ),
-    device: DeviceOption = "auto",
-    precision: StylizePrecisionOption = Precision.auto,
-    quiet: QuietOption = False,
+    photo: Path,
+    styles: list[str] | None = None,
+    output: Path | None = None,
+    size: int = 256,
+    columns: int | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    precision: Precision = Precision.auto,
+    quiet: bool = False,
 ) -> None:
     """Render one photo in many styles as one labelled image, to choose a style.
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from stylize.cli import _console
 from stylize.cli._options import (
-    DeviceOption,
     Precision,
-    PrecisionOption,
-    QuietOption,
+    add_device,
+    add_precision,
+    add_quiet,
+    model_name,
     parse_layers,
     settings_usage_errors,
-    valid_model_name,
 )
 from stylize.engine.settings import DEFAULT_STEPS, TrainSchedule, TrainSettings
 
@@ -36,123 +34,196 @@ PROGRESS_FIELDS = (
     "loss {loss:.3g} (content {content:.3g}, style {style:.3g}, tv {tv:.3g}) "
     "{images_per_second:.1f} img/s"
 )
+_DESCRIPTION = "Train a fast style model from an artwork and a folder of photos."
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="Train a fast style model from an artwork and a photo folder.",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument(
+        "--style",
+        "-s",
+        type=Path,
+        required=True,
+        metavar="IMAGE",
+        help="The artwork whose style to learn.",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FOLDER",
+        help="Folder of training photos, searched recursively (for example COCO train2014).",
+    )
+    parser.add_argument(
+        "--name",
+        type=model_name,
+        metavar="NAME",
+        help="Name of the model in the store (default: from the style image's file name).",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=_SCHEDULE.steps,
+        metavar="N",
+        help=f"Training steps, one batch each (default: {DEFAULT_STEPS:,} unless --epochs).",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=_SCHEDULE.epochs,
+        metavar="N",
+        help="Passes over the data set, instead of --steps.",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=_SETTINGS.batch_size,
+        metavar="N",
+        help="Images per step (per process).",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=_SETTINGS.learning_rate,
+        metavar="X",
+        help="Adam learning rate.",
+    )
+    parser.add_argument(
+        "--content-weight",
+        type=float,
+        default=_SETTINGS.content_weight,
+        metavar="X",
+        help="Weight of the content loss.",
+    )
+    parser.add_argument(
+        "--style-weight",
+        type=float,
+        default=_SETTINGS.style_weight,
+        metavar="X",
+        help="Weight of the style loss.",
+    )
+    parser.add_argument(
+        "--tv-weight",
+        type=float,
+        default=_SETTINGS.tv_weight,
+        metavar="X",
+        help="Weight of the total variation (smoothness) loss.",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=_SETTINGS.image_size,
+        metavar="N",
+        help="Side of the square training crops, in pixels.",
+    )
+    parser.add_argument(
+        "--style-size",
+        type=int,
+        default=_SETTINGS.style_size,
+        metavar="N",
+        help="Long edge the style image is scaled to; larger, finer strokes.",
+    )
+    parser.add_argument(
+        "--content-layers",
+        default=DEFAULT_CONTENT_LAYERS,
+        metavar="LAYERS",
+        help="VGG19 layers for the content loss.",
+    )
+    parser.add_argument(
+        "--style-layers",
+        default=DEFAULT_STYLE_LAYERS,
+        metavar="LAYERS",
+        help="VGG19 layers for the style loss.",
+    )
+    parser.add_argument(
+        "--preview",
+        action="append",
+        type=Path,
+        metavar="IMAGE",
+        help="Image to stylize into the work folder every --preview-every steps (repeatable).",
+    )
+    parser.add_argument(
+        "--preview-every",
+        type=int,
+        default=_SCHEDULE.preview_every,
+        metavar="N",
+        help="Steps between previews.",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=_SCHEDULE.checkpoint_every,
+        metavar="N",
+        help="Steps between checkpoints.",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="FOLDER",
+        help="Folder for checkpoints, previews and the loss log "
+        "(default: train/NAME in the store's cache folder).",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue from the work folder's checkpoint (also to add steps).",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an installed model of the same name.",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_SCHEDULE.workers,
+        metavar="N",
+        help="Data loading processes (0: load in-line).",
+    )
+    add_device(parser)
+    add_precision(parser)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=_SETTINGS.seed,
+        metavar="N",
+        help="Seed for the initial weights and the data order.",
+    )
+    add_quiet(parser)
+    parser.set_defaults(run=train)
 
 
 def train(
-    style: Annotated[
-        Path,
-        typer.Option(
-            "--style",
-            "-s",
-            metavar="IMAGE",
-            help="The artwork whose style to learn.",
-            show_default=False,
-        ),
-    ],
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            metavar="FOLDER",
-            help="Folder of training photos, searched recursively (for example COCO train2014).",
-            show_default=False,
-        ),
-    ],
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            callback=valid_model_name,
-            help="Name of the model in the store (default: from the style image's file name).",
-            show_default=False,
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps",
-            help=f"Training steps, one batch each (default: {DEFAULT_STEPS:,} unless --epochs).",
-            show_default=False,
-        ),
-    ] = _SCHEDULE.steps,
-    epochs: Annotated[
-        int | None,
-        typer.Option("--epochs", help="Passes over the data set, instead of --steps."),
-    ] = _SCHEDULE.epochs,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per step (per process).")
-    ] = _SETTINGS.batch_size,
-    lr: Annotated[
-        float, typer.Option("--lr", help="Adam learning rate.")
-    ] = _SETTINGS.learning_rate,
-    content_weight: Annotated[
-        float, typer.Option("--content-weight", help="Weight of the content loss.")
-    ] = _SETTINGS.content_weight,
-    style_weight: Annotated[
-        float, typer.Option("--style-weight", help="Weight of the style loss.")
-    ] = _SETTINGS.style_weight,
-    tv_weight: Annotated[
-        float,
-        typer.Option("--tv-weight", help="Weight of the total variation (smoothness) loss."),
-    ] = _SETTINGS.tv_weight,
-    image_size: Annotated[
-        int, typer.Option("--image-size", help="Side of the square training crops, in pixels.")
-    ] = _SETTINGS.image_size,
-    style_size: Annotated[
-        int,
-        typer.Option(
-            "--style-size", help="Long edge the style image is scaled to; larger, finer strokes."
-        ),
-    ] = _SETTINGS.style_size,
-    content_layers: Annotated[
-        str, typer.Option("--content-layers", help="VGG19 layers for the content loss.")
-    ] = DEFAULT_CONTENT_LAYERS,
-    style_layers: Annotated[
-        str, typer.Option("--style-layers", help="VGG19 layers for the style loss.")
-    ] = DEFAULT_STYLE_LAYERS,
-    preview: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--preview",
-            metavar="IMAGE",
-            help="Image to stylize into the work folder every --preview-every steps (repeatable).",
-            show_default=False,
-        ),
-    ] = None,
-    preview_every: Annotated[
-        int, typer.Option("--preview-every", help="Steps between previews.")
-    ] = _SCHEDULE.preview_every,
-    checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Steps between checkpoints.")
-    ] = _SCHEDULE.checkpoint_every,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            "--workdir",
-            metavar="FOLDER",
-            help="Folder for checkpoints, previews and the loss log "
-            "(default: train/NAME in the store's cache folder).",
-            show_default=False,
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue from the work folder's checkpoint (also to add steps)."
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an installed model of the same name.")
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Data loading processes (0: load in-line).")
-    ] = _SCHEDULE.workers,
-    device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.auto,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed for the initial weights and the data order.")
-    ] = _SETTINGS.seed,
-    quiet: QuietOption = False,
+    *,
+    style: Path,
+    data: Path,
+    name: str | None = None,
+    steps: int | None = _SCHEDULE.steps,
+    epochs: int | None = _SCHEDULE.epochs,
+    batch_size: int = _SETTINGS.batch_size,
+    lr: float = _SETTINGS.learning_rate,
+    content_weight: float = _SETTINGS.content_weight,
+    style_weight: float = _SETTINGS.style_weight,
+    tv_weight: float = _SETTINGS.tv_weight,
+    image_size: int = _SETTINGS.image_size,
+    style_size: int = _SETTINGS.style_size,
+    content_layers: str = DEFAULT_CONTENT_LAYERS,
+    style_layers: str = DEFAULT_STYLE_LAYERS,
+    preview: list[Path] | None = None,
+    preview_every: int = _SCHEDULE.preview_every,
+    checkpoint_every: int = _SCHEDULE.checkpoint_every,
+    workdir: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int = _SCHEDULE.workers,
+    device: str = "auto",
+    precision: Precision = Precision.auto,
+    seed: int = _SETTINGS.seed,
+    quiet: bool = False,
 ) -> None:
     """Train a fast style model from an artwork and a folder of photos."""
     from stylize.engine import training
@@ -230,7 +301,7 @@ def train(
     if not processes.is_main:
         # The first process reports and installs the model.
         if result.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise SystemExit(EXIT_INTERRUPTED)
         return
     if result.unreadable:
         _console.warn(
@@ -250,7 +321,7 @@ def train(
                 f"({result.checkpoint_problem}); "
                 + training.resume_advice(plan.workdir, result.checkpoint_step)
             )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise SystemExit(EXIT_INTERRUPTED)
     path = _install(name, result, plan.workdir, overwrite)
     if result.checkpoint_problem is not None:
         # The model is safe in the store: the work folder's trouble only costs a later --resume.
