@@ -26,7 +26,6 @@ import atexit
 import errno
 import os
 import re
-import secrets
 import shutil
 import signal
 import threading
@@ -163,7 +162,7 @@ def check_target(path: Path, suffixes: Iterable[str], kind: str, *, overwrite: b
 def temporary_path(path: Path) -> Path:
     """A fresh temporary name next to `path` (the scheme every temporary uses)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
 @contextmanager

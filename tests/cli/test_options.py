@@ -59,6 +59,10 @@ def test_help_still_shows_what_options_take(cli):
     assert "--quiet, -q Do not show progress" in help_text
     assert "--preserve-color Keep the content photo's colors." in help_text
     assert "--precision" in help_text and "auto|fp32|bf16|fp16" in help_text
+    sheet = unboxed(cli("sheet", "--help").stdout)
+    assert "[--precision {auto|fp32|bf16|fp16}]" in sheet  # in the usage line too
+    # Ranges and defaults survive Rich, which would read "[x >= 1]" as markup.
+    assert "rows. [x >= 1]" in sheet and "[32 <= x <= 1024; default: 256]" in sheet
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def install(name: str = "tiny", seed: int = 0, *, overwrite: bool = False) -> Pa
 
 def graph_files() -> list[str]:
     folder = graphs_dir()
-    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    return sorted(path.name for path in folder.glob("*.onnx")) if folder.is_dir() else []
 
 
 def expected_name(name: str) -> str:
@@ -175,3 +175,45 @@ def test_remove_graphs_takes_every_graph_of_one_model():
     compiled.remove_graphs("gone")
     compiled.remove_graphs("never-installed")
     assert graph_files() == [expected_name("kept")]
+
+
+def test_the_model_files_digest_is_remembered_until_the_file_changes(monkeypatch):
+    path = install("tiny", seed=0)
+    hashed = []
+    real = compiled.file_sha256
+
+    def counting(file: Path) -> str:
+        hashed.append(file)
+        return real(file)
+
+    monkeypatch.setattr(compiled, "file_sha256", counting)
+    graph = cached_graph("tiny", path)
+    assert graph is not None and cached_graph("tiny", path) == graph
+    assert hashed == []  # installing remembered it
+    # Replaced by another model: hashed again, and another graph.
+    install("tiny", seed=1, overwrite=True)
+    replaced = compiled_graph("tiny", path)
+    assert replaced != graph and hashed == [path]
+    # Touched, same content: hashed again, same graph.
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert compiled_graph("tiny", path) == replaced and len(hashed) == 2
+    assert cached_graph("tiny", path) == replaced and len(hashed) == 2
+
+
+def test_a_damaged_remembered_digest_is_computed_again():
+    path = install("tiny")
+    remembered = graphs_dir() / "tiny.sha256"
+    remembered.write_text("nonsense")
+    assert cached_graph("tiny", path) == graphs_dir() / expected_name("tiny")
+    assert remembered.read_text().endswith(file_sha256(path))
+
+
+def test_removing_a_model_forgets_its_digest(cli):
+    install("tiny")
+    install("other", seed=1)
+    assert (graphs_dir() / "tiny.sha256").is_file()
+    remove_model("tiny")
+    assert not (graphs_dir() / "tiny.sha256").exists()
+    (graphs_dir() / "gone.sha256").write_text("1 2 " + "0" * 64)
+    tidy_graphs({"other"})
+    assert sorted(path.name for path in graphs_dir().glob("*.sha256")) == ["other.sha256"]

@@ -57,6 +57,8 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("-h", "--help", action="help", help="Show this message and exit.")
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if "metavar" not in kwargs and hasattr(kwargs.get("type"), "metavar"):
+            kwargs["metavar"] = kwargs["type"].metavar  # {auto|fp32|...} for choice()
         action = super().add_argument(*args, **kwargs)
         values = getattr(action.type, "values", None)
         if values is not None:  # shell completion offers these instead of file names
@@ -197,11 +199,5 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
             if extras:  # "\[": Rich would read "[default: 1]" as markup
                 text += " \\[" + "; ".join(extras).replace("%", "%%") + "]"
             return text
-
-        def _metavar_formatter(self, action: argparse.Action, default_metavar: str) -> Any:
-            metavar = getattr(action.type, "metavar", None)
-            if action.metavar is None and metavar is not None:
-                action.metavar = metavar
-            return super()._metavar_formatter(action, default_metavar)
 
     return Formatter(prog, max_help_position=30)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,8 @@ from stylize.cli._apply_run import Job, Settings, check_scaled_size, shrunk
 from stylize.cli._stylizers import Stylizers
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import numpy as np
 
     from stylize.engine.video import VideoInfo
@@ -210,6 +211,8 @@ def _ahead(
     `workers + 1` items ahead of the consumer (so decoding, stabilizing and encoding here
     overlap the stylization). An exception of `work` (KeyboardInterrupt included) comes out
     at its item; leaving early cancels what has not started and waits for what has."""
+    from concurrent.futures import ThreadPoolExecutor  # not at import: apply asks is_clip()
+
     pool = ThreadPoolExecutor(workers, thread_name_prefix="stylize-frame")
     pending: deque[tuple[tuple[np.ndarray, int], Future[np.ndarray]]] = deque()
     try:

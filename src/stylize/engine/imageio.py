@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
-import secrets
+import os
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stylize.atomic import atomic_write, check_target
 from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
     import torch
+    from PIL import ImageCms
 
 # Formats Pillow recognizes but cannot decode on its own (stubs that need a registered handler,
 # MPEG headers only, EPS needs Ghostscript, WMF needs Windows): a folder scan skips them.
@@ -61,7 +62,6 @@ _SAVE_OPTIONS: dict[str, dict[str, object]] = {
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 @dataclass(frozen=True)
@@ -171,11 +171,20 @@ def _split_sixteen_bit(image: Image.Image) -> tuple[Image.Image, Image.Image | N
     return gray, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
 
 
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
 def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
     if icc_profile:
+        from PIL import ImageCms  # LittleCMS, loaded for images that carry a profile
+
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
-            return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+            return ImageCms.profileToProfile(image, source, _srgb(), outputMode="RGB")
         except (ImageCms.PyCMSError, OSError, ValueError):
             # A broken profile, or one that does not match the pixel format, is ignored, as
             # image viewers do.
@@ -251,7 +260,7 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
 def _check_writable_folder(path: Path) -> None:
     # Creating a file is the only reliable test (permissions, read-only mounts, ACLs), and it is
     # better to fail now than after minutes of work.
-    probe = path.parent / f".stylize-probe-{secrets.token_hex(4)}"
+    probe = path.parent / f".stylize-probe-{os.urandom(4).hex()}"
     try:
         with open(probe, "xb"):
             pass

@@ -10,9 +10,10 @@ users can type as a style (`starry` is `multistyle26:19`).
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from stylize.errors import StylizeError
@@ -95,7 +96,11 @@ def named_styles() -> dict[str, NamedStyle]:
 
 
 def _catalog_data() -> dict[str, Any]:
-    text = resources.files("stylize.store").joinpath("catalog.json").read_text(encoding="utf-8")
+    # What pkgutil.get_data does (zip-safe, through the package's loader), without loading
+    # importlib.resources (~5 ms of every command's start-up).
+    package = sys.modules["stylize.store"]
+    path = os.path.join(os.path.dirname(package.__file__ or ""), "catalog.json")
+    text = package.__spec__.loader.get_data(path).decode("utf-8")  # type: ignore[union-attr]
     try:
         data = json.loads(text)
     except ValueError as error:

@@ -8,13 +8,17 @@ network's style predictor is written for one style-image size S, as
 `NAME.DIGEST.predictorS.vN.onnx`. Installing a model exports its graph; a model installed
 before there were graphs gets one on first use. Graphs of models no longer installed, and
 older graphs of installed ones, are removed by `tidy_graphs`.
+
+The model file's sha256 is remembered beside its graphs, in `NAME.sha256`, with the file's size
+and modification time, and computed again only when those change: hashing loads OpenSSL, which
+would be 4 MB and a few milliseconds of every `stylize apply`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stylize.atomic import remove_stale_temporaries
+from stylize.atomic import atomic_write, remove_stale_temporaries
 from stylize.engine.onnx_run import GRAPH_VERSION
 from stylize.store.paths import cache_dir, file_sha256
 
@@ -27,14 +31,14 @@ def graphs_dir() -> Path:
 
 def cached_graph(name: str, model_file: Path) -> Path | None:
     """The cached graph of the model `name` (installed at `model_file`), or None."""
-    path = _graph_path(name, file_sha256(model_file))
+    path = _graph_path(name, model_digest(name, model_file))
     return path if path.is_file() else None
 
 
 def compiled_graph(name: str, model_file: Path) -> Path:
     """The graph of the model `name`, exported first when not cached (that imports PyTorch).
     An `engine.export.ExportError` says the network has no ONNX form."""
-    digest = file_sha256(model_file)
+    digest = model_digest(name, model_file)
     path = _graph_path(name, digest)
     if path.is_file():
         return path
@@ -52,7 +56,7 @@ def compiled_graph(name: str, model_file: Path) -> Path:
 def compiled_predictor(name: str, model_file: Path, size: int) -> Path:
     """The style predictor's graph for style images of `size` pixels, of the arbitrary-style
     model `name`, exported first when not cached (that imports PyTorch)."""
-    digest = file_sha256(model_file)
+    digest = model_digest(name, model_file)
     path = _graph_path(name, digest, f"predictor{size}")
     if path.is_file():
         return path
@@ -67,12 +71,36 @@ def compiled_predictor(name: str, model_file: Path, size: int) -> Path:
     return path
 
 
+def model_digest(name: str, model_file: Path) -> str:
+    """The sha256 of the model `name`'s file: remembered, or computed and remembered (where
+    the cache folder is writable)."""
+    stat = model_file.stat()
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    remembered = _digest_path(name)
+    try:
+        known_stamp, digest = remembered.read_text(encoding="ascii").rsplit(" ", 1)
+        if known_stamp == stamp and len(digest) == 64:
+            return digest
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass  # not remembered yet, or damaged: computed again
+    digest = file_sha256(model_file)
+    try:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(remembered, "w", overwrite=True, encoding="ascii") as file:
+            file.write(f"{stamp} {digest}")
+    except OSError:
+        pass  # an unwritable cache: hashed again next time
+    return digest
+
+
 def remove_graphs(name: str) -> None:
-    """Removes every cached graph of the model `name` (a damaged one is exported again)."""
+    """Removes every cached graph of the model `name` (a damaged one is exported again), and
+    its remembered digest."""
     folder = graphs_dir()
     if folder.is_dir():
         for path in folder.glob(f"{name}.*.onnx"):
             path.unlink(missing_ok=True)
+        _digest_path(name).unlink(missing_ok=True)
 
 
 def tidy_graphs(installed: set[str]) -> list[Path]:
@@ -86,7 +114,15 @@ def tidy_graphs(installed: set[str]) -> list[Path]:
         if name not in installed or not rest.endswith(f".v{GRAPH_VERSION}.onnx"):
             path.unlink(missing_ok=True)
             removed.append(path)
+    for path in folder.glob("*.sha256"):
+        if path.stem not in installed:
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
+
+
+def _digest_path(name: str) -> Path:
+    return graphs_dir() / f"{name}.sha256"
 
 
 def _graph_path(name: str, digest: str, part: str = "") -> Path:
