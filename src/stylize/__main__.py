@@ -1,3 +1,3 @@
-from stylize.cli import main
+from stylize.cli import console_main
 
-main()
+console_main()

@@ -17,12 +17,12 @@ def test_version(cli):
     assert result.stdout.strip() == f"stylize {__version__}"
 
 
-def test_module_entry_point_and_no_torch_import_for_help():
+def test_no_torch_import_for_help():
     code = (
-        "import sys, runpy\n"
-        "sys.argv = ['stylize', '--help']\n"
+        "import sys\n"
+        "from stylize.cli import main\n"
         "try:\n"
-        "    runpy.run_module('stylize', run_name='__main__')\n"
+        "    main(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
@@ -32,6 +32,48 @@ def test_module_entry_point_and_no_torch_import_for_help():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip().endswith("ok")
+
+
+def test_the_command_ends_at_once_with_its_output_flushed_and_atexit_run():
+    from stylize import __version__
+
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "from stylize.cli import console_main\n"
+        "sys.argv = ['stylize', *sys.argv[1:]]\n"
+        "console_main()\n"
+        "print('not reached')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.decode().split() == ["stylize", __version__, "atexit", "ran"]
+    completed = subprocess.run([sys.executable, "-c", code, "--nonsense"], capture_output=True)
+    assert completed.returncode == 2 and completed.stdout.decode() == "atexit ran\n"
+    assert completed.stderr.decode().startswith("error: unrecognized arguments: --nonsense")
+
+
+def test_the_command_waits_for_a_thread_still_working(tmp_path):
+    done = tmp_path / "done"
+    code = (
+        "import sys, threading, time, pathlib\n"
+        "from stylize.cli import console_main\n"
+        f"work = lambda: (time.sleep(0.3), pathlib.Path({str(done)!r}).write_text('yes'))\n"
+        "threading.Thread(target=work).start()\n"
+        "sys.argv = ['stylize', '--version']\n"
+        "console_main()\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert completed.returncode == 0, completed.stderr
+    assert done.read_text() == "yes"
+
+
+def test_the_module_runs_the_command():
+    completed = subprocess.run(
+        [sys.executable, "-m", "stylize", "models", "nonsense"], capture_output=True, text=True
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: ") and "nonsense" in completed.stderr
 
 
 def test_unknown_option_is_a_usage_error(cli):

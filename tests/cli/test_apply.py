@@ -234,10 +234,10 @@ def test_a_rejected_torch_hub_copy_is_reported_on_the_console(
 def test_apply_imports_neither_torchvision_nor_onnx(style, make_image, stylize_home):
     photo = make_image("photo.png")
     code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['stylize', 'apply', {str(photo)!r}, '--style', 'tiny', '-q']\n"
+        "import sys\n"
+        "from stylize.cli import main\n"
         "try:\n"
-        "    runpy.run_module('stylize', run_name='__main__')\n"
+        f"    main(['apply', {str(photo)!r}, '--style', 'tiny', '-q'])\n"
         "except SystemExit as exit:\n"
         "    assert not exit.code, exit.code\n"
         "print(sorted(m for m in ('torchvision', 'onnx') if m in sys.modules))\n"

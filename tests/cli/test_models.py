@@ -74,11 +74,11 @@ def test_list_reports_a_damaged_model_file_without_failing(cli, stylize_home):
 
 def test_list_and_info_do_not_import_torch(vgg_home):
     code = (
-        "import sys, runpy\n"
+        "import sys\n"
+        "from stylize.cli import main\n"
         "for command in (['list'], ['list', '--json'], ['info', 'vgg19']):\n"
-        "    sys.argv = ['stylize', 'models', *command]\n"
         "    try:\n"
-        "        runpy.run_module('stylize', run_name='__main__')\n"
+        "        main(['models', *command])\n"
         "    except SystemExit as exit:\n"
         "        assert not exit.code, exit.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

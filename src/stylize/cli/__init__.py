@@ -8,8 +8,10 @@ such as `models` sets its own help as `run`, for when no subcommand is given).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,6 +77,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.print_help()
         return
     _run(options.pop("run"), options)
+
+
+def console_main() -> None:
+    """The `stylize` command: `main()`, then the process ends at once, without the
+    interpreter's teardown (freeing every module, ONNX Runtime's threads and arena: ~35 ms, a
+    tenth of stylizing a photo, paid by every call of a shell loop). Output is flushed and
+    atexit callbacks run first; anything unusual (an exception, a message as the exit code,
+    a thread still working) ends the usual way."""
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+        if not isinstance(code, int):
+            raise
+    if not _may_end_at_once():
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None  # Python reports a closed pipe its own way
+    atexit._run_exitfuncs()  # type: ignore[attr-defined]
+    os._exit(code)
+
+
+def _may_end_at_once() -> bool:
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    working = any(t.is_alive() and not t.daemon for t in others)
+    return not working and hasattr(atexit, "_run_exitfuncs")
 
 
 def _run(run: Callable[..., Any], options: dict[str, Any]) -> None:
