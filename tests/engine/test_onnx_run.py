@@ -240,17 +240,3 @@ def test_the_predictor_takes_the_central_square_as_the_torch_one_does(tmp_path, 
     expected = style_vector(predictor, image, 128)[0].numpy()
     assert vector.shape == (100,)
     assert np.abs(vector - expected).max() < 1e-3 * np.abs(expected).max()
-
-
-def test_sessions_share_one_arena_that_grows_by_what_is_asked(johnson):
-    """ONNX Runtime's own arena doubles its chunks: measured 5 MB more peak memory for a photo.
-    The shared one must be in effect here (a failure to register falls back silently)."""
-    import onnxruntime as ort
-
-    assert onnx_run._share_arena(ort) is True
-    first, second = (OnnxStylizer(johnson[0], None, threads=1) for _ in range(2))
-    for stylizer in (first, second):
-        options = stylizer.session.get_session_options()
-        assert options.get_session_config_entry("session.use_env_allocators") == "1"
-    image = smooth_image(20, 24).numpy()
-    assert np.array_equal(first(image), second(image))

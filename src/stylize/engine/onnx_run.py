@@ -40,7 +40,6 @@ ENGINE_VARIABLE = "STYLIZE_ONNX"
 # (its last upsampling convolution reads 64 channels at full resolution).
 _BYTES_PER_PIXEL_PER_CHANNEL = 20
 _FATAL_ONLY = 4  # ONNX Runtime's log severity levels: 0 verbose to 4 fatal
-_SAME_AS_REQUESTED = 1  # ONNX Runtime's ArenaExtendStrategy: 0 doubles, 1 grows by the request
 
 
 def runs_on_onnx(device: str, precision: str) -> bool:
@@ -157,30 +156,7 @@ def _session_options(ort: Any, threads: int) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = _FATAL_ONLY
     options.intra_op_num_threads = threads
-    if _share_arena(ort):
-        options.add_session_config_entry("session.use_env_allocators", "1")
     return options
-
-
-_arena_shared: bool | None = None
-
-
-def _share_arena(ort: Any) -> bool:
-    """Registers, once, one memory arena for all of the process's sessions that grows by what
-    is asked: ONNX Runtime's own grows by doubling, which measured 5 MB more peak memory for a
-    512x512 photo (and a little more time, faulting the pages in). False where this ONNX
-    Runtime cannot."""
-    global _arena_shared
-    if _arena_shared is None:
-        try:
-            kind, memory = ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, ort.OrtMemType.DEFAULT
-            cpu = ort.OrtMemoryInfo("Cpu", kind, 0, memory)
-            # No limit, grow by what is asked, default first chunk, default split rule.
-            ort.create_and_register_allocator(cpu, ort.OrtArenaCfg(0, _SAME_AS_REQUESTED, -1, -1))
-            _arena_shared = True
-        except Exception:  # an older or differently built ONNX Runtime: its default arena
-            _arena_shared = False
-    return _arena_shared
 
 
 def _cpu_session(ort: Any, graph: Path, options: Any) -> Any:
