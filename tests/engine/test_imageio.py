@@ -434,3 +434,20 @@ def test_check_output_path(tmp_path: Path) -> None:
     with pytest.raises(StylizeError, match=r"old\.jpg already exists"):
         check_output_path(tmp_path / "old.jpg", overwrite=False)
     check_output_path(tmp_path / "old.jpg", overwrite=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_array_to_pixels_rounds_and_clamps_as_to_image(dtype):
+    """The NumPy path (ONNX Runtime's results) and the tensor path give the same pixels,
+    values outside [0, 1] included, and the caller's array is left as it was."""
+    from stylize.engine.imageio import array_to_pixels, to_image
+
+    rng = np.random.default_rng(0)
+    array = rng.uniform(-0.2, 1.2, (1, 3, 7, 9)).astype(dtype)
+    array[0, 0, 0, :4] = [0.5 / 255, 1.5 / 255, 254.5 / 255, 1.0]  # halves round to even
+    before = array.copy()
+    pixels = array_to_pixels(array)
+    expected = np.asarray(to_image(torch.from_numpy(array.astype(np.float32))))
+    assert pixels.dtype == np.uint8 and pixels.flags.c_contiguous and pixels.shape == (7, 9, 3)
+    assert np.array_equal(pixels, expected)
+    assert np.array_equal(array, before)

@@ -142,8 +142,12 @@ def array_to_pixels(array: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"expected an image array of shape (1, 3, H, W) or (3, H, W), got {array.shape}"
         )
-    pixels = np.rint(np.clip(array, 0, 1) * np.float32(255)).astype(np.uint8)
-    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
+    # One temporary, worked on in place: this runs after the network, when its memory is at
+    # its peak, so every extra copy of the image adds to the process's peak.
+    scaled = np.multiply(array, np.float32(255))
+    np.clip(scaled, 0, 255, out=scaled)
+    np.rint(scaled, out=scaled)
+    return scaled.transpose(1, 2, 0).astype(np.uint8, order="C")
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:

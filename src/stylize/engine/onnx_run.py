@@ -115,7 +115,7 @@ class OnnxStylizer:
         stylized = raw[..., : size[0], : size[1]]
         if size != (height, width):
             stylized = resize(stylized, (height, width))
-        stylized = stylized.clip(0.0, 1.0)
+        stylized = np.clip(stylized, 0.0, 1.0, out=stylized)  # ours: in place, no copy
         if preserve_color:
             stylized = recolor(stylized, content)
         if strength < 1.0:
