@@ -163,3 +163,28 @@ def test_usage_errors_are_one_line(cli, make_image):
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
             result.stderr
         )
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    code = (
+        "import sys\n"
+        "from stylize.cli import console_main\n"
+        "sys.argv = ['stylize', 'models', 'path']\n"
+        "console_main()\n"
+    )
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait()
+    completed = subprocess.run(
+        [sys.executable, "-c", code], stdout=reader.stdin, stderr=subprocess.PIPE
+    )
+    reader.stdin.close()
+    assert completed.returncode == 1
+    assert completed.stderr == b""
+
+
+def test_inputs_after_a_double_dash_may_start_with_a_dash(cli, tiny, make_image, monkeypatch):
+    photo = make_image("-photo.png")
+    monkeypatch.chdir(photo.parent)
+    result = cli("apply", "-s", tiny, "-q", "--", "-photo.png")
+    assert result.exit_code == 0, result.stderr
+    assert (photo.parent / "-photo.tiny.png").is_file()

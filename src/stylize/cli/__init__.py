@@ -39,7 +39,7 @@ def build_parser() -> Parser:
         choices=_SHELLS,
         metavar="SHELL",
         help=f"Print the code that completes stylize's commands and options in SHELL "
-        f"({', '.join(_SHELLS)}), for the shell's start-up file (see docs/cli.md).",
+        f"({', '.join(_SHELLS)}), for the shell's start-up file (see README.md).",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     for module in (optimize, train, apply, sheet, models):
@@ -88,6 +88,9 @@ def console_main() -> None:
     try:
         main()
         code: object = 0
+    except BrokenPipeError:  # the reader went away (`stylize ... | head -1`): silent, exit 1
+        _silence_stdout()
+        os._exit(1)
     except SystemExit as exit:
         code = exit.code or 0
         if not isinstance(code, int):
@@ -100,7 +103,20 @@ def console_main() -> None:
     except (OSError, ValueError):
         raise SystemExit(code) from None  # Python reports a closed pipe its own way
     atexit._run_exitfuncs()  # type: ignore[attr-defined]
+    try:
+        sys.stdout.flush()  # what atexit callbacks printed
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     os._exit(code)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _may_end_at_once() -> bool:
@@ -113,7 +129,9 @@ def _run(run: Callable[..., Any], options: dict[str, Any]) -> None:
     """Runs a command; expected failures become one line on stderr and exit code 1."""
     try:
         run(**options)
-    except (KeyboardInterrupt, BrokenPipeError, SystemExit):
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # Ctrl-C where a command has no message of its own
+    except (BrokenPipeError, SystemExit):
         raise
     except UsageError as error:
         _console.error(str(error))

@@ -91,7 +91,10 @@ def model_name(name: str) -> str:
 
 def positive_number(text: str) -> float:
     """`type=` of a finite number above 0."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value

@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, NoReturn, TypeVar
@@ -84,12 +85,19 @@ class Parser(argparse.ArgumentParser):
         # order; argparse's intermixed parsing calls this method again, hence the guard.
         if self._intermixing:
             return super().parse_known_args(args, namespace)
-        refuse_flag_values(self, [] if args is None else list(args))
+        args = list(sys.argv[1:] if args is None else args)
+        if "_ARGCOMPLETE" not in os.environ:  # completion parses half-typed lines
+            refuse_flag_values(self, args)
         if self._subparsers is not None:
             return super().parse_known_args(args, namespace)
+        # After `--` everything is an input. Python before 3.12.8 mishandles `--` when
+        # parsing intermixed, so such a line is parsed plainly: options, then inputs.
         self._intermixing = True
         try:
-            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+            if "--" in args:
+                namespace, extras = super().parse_known_args(args, namespace)
+            else:
+                namespace, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
         if extras:  # said here, where the command's help is the one to read

@@ -9,8 +9,8 @@ network's style predictor is written for one style-image size S, as
 before there were graphs gets one on first use. Graphs of models no longer installed, and
 older graphs of installed ones, are removed by `tidy_graphs`.
 
-The model file's sha256 is remembered beside its graphs, in `NAME.sha256`, with the file's size
-and modification time, and computed again only when those change: hashing loads OpenSSL, which
+The model file's sha256 is remembered beside its graphs, in `NAME.sha256`, with the file's size,
+modification and change times and inode, and computed again only when those change: hashing loads OpenSSL, which
 would be 4 MB and a few milliseconds of every `stylize apply`.
 """
 
@@ -75,7 +75,9 @@ def model_digest(name: str, model_file: Path) -> str:
     """The sha256 of the model `name`'s file: remembered, or computed and remembered (where
     the cache folder is writable)."""
     stat = model_file.stat()
-    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    # The inode and ctime too: a model replaced within a coarse mtime (FAT), or copied with
+    # its mtime kept, is still a new file (ctime cannot be set by utime).
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
     remembered = _digest_path(name)
     try:
         known_stamp, digest = remembered.read_text(encoding="ascii").rsplit(" ", 1)
