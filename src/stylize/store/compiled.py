@@ -9,9 +9,9 @@ network's style predictor is written for one style-image size S, as
 before there were graphs gets one on first use. Graphs of models no longer installed, and
 older graphs of installed ones, are removed by `tidy_graphs`.
 
-The model file's sha256 is remembered beside its graphs, in `NAME.sha256`, with the file's size,
-modification and change times and inode, and computed again only when those change: hashing loads OpenSSL, which
-would be 4 MB and a few milliseconds of every `stylize apply`.
+The model file's sha256 is remembered beside its graphs, in `NAME.sha256`, with the file's
+size, modification and change times and inode, and computed again only when those change:
+hashing loads OpenSSL, which would be 4 MB and a few milliseconds of every `stylize apply`.
 """
 
 from __future__ import annotations
